@@ -1,0 +1,39 @@
+"""perception_rl: GRPO post-training of Qwen-VL policies in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="perception_rl",
+    version="0.1.0",
+    description="Rule-based RL (GRPO) for visual perception with Qwen2-VL / Qwen2.5-VL in JAX.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["perception_rl", "perception_rl.*"]),
+    package_data={"perception_rl": ["assets/**/*"]},
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "ml-collections>=1.0",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "scipy>=1.13",
+        "pillow>=10.0",
+        "safetensors>=0.4",
+        # Used without torch: tokenizers, chat templates and config parsing only.
+        "transformers>=5.0",
+        "rapidfuzz>=3.9",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6.100",
+            "torch==2.13.0",
+            "transformers>=5.0",
+            "pycocotools>=2.0.8",
+            "faster-coco-eval>=1.6",
+            "nltk>=3.9",
+        ],
+    },
+)
