@@ -1,1 +1,3 @@
-
+"""Meshes and parameter partitioning."""
+from perception_rl.parallel.mesh import AXES, make_mesh
+from perception_rl.parallel.partitioning import DEFAULT_RULES, sharding_for, spec_for, state_shardings
