@@ -167,7 +167,7 @@ class QwenVLConfig:
         in_channels=v.in_channels,
         rope_parameters=dict(rope_type="axial", rope_theta=v.rope_theta))
     if self.family == "qwen2_vl":
-      vision.update(embed_dim=v.width, hidden_size=v.out_dim, mlp_ratio=v.mlp_dim / v.width,
+      vision.update(embed_dim=v.width, hidden_size=v.out_dim, mlp_ratio=_ratio(v.mlp_dim, v.width),
                     hidden_act="quick_gelu")
     else:
       vision.update(hidden_size=v.width, intermediate_size=v.mlp_dim, out_hidden_size=v.out_dim,
@@ -181,6 +181,11 @@ class QwenVLConfig:
         tie_word_embeddings=self.tie_word_embeddings, image_token_id=self.image_token_id,
         video_token_id=self.video_token_id, vision_start_token_id=self.vision_start_token_id,
         vision_end_token_id=self.vision_end_token_id)
+
+
+def _ratio(a: int, b: int) -> int | float:
+  """HF's Qwen2-VL config insists on an int mlp_ratio when it is one."""
+  return a // b if a % b == 0 else a / b
 
 
 def _common_vision(v: dict[str, Any]) -> dict[str, Any]:

@@ -44,16 +44,18 @@ class QwenVL(nnx.Module):
     """Merged vision features [N/4, hidden] for concatenated patches [N, patch_dim]."""
     return self.visual(pixel_values, rows, cols, frame_segments, window_segments)
 
-  def embed(self, input_ids, pixel_values=None, vision_layout=None):
-    """Token embeddings with image features scattered into the `<|image_pad|>` slots.
+  def embed(self, input_ids, pixel_values=None, vision_layout=None, image_slots=None):
+    """Token embeddings with image features scattered into the image slots.
 
-    Features are consumed in row-major (batch, position) order, as HF does.
+    Features are consumed in row-major (batch, position) order, as HF does. `image_slots`
+    (bool [B, L]) defaults to `input_ids == image_token_id`; pass it to keep a sampled
+    `<|image_pad|>` in a completion an ordinary token.
     """
     embeds = self.model.embed_tokens(input_ids)
     if pixel_values is None:
       return embeds
     feats = self.image_features(pixel_values, **vision_layout).astype(embeds.dtype)
-    is_image = input_ids == self.config.image_token_id
+    is_image = input_ids == self.config.image_token_id if image_slots is None else image_slots
     index = jnp.cumsum(is_image.reshape(-1)) - 1
     gathered = feats[jnp.clip(index, 0, feats.shape[0] - 1)].reshape(embeds.shape)
     return jnp.where(is_image[..., None], gathered, embeds)
@@ -73,15 +75,16 @@ class QwenVL(nnx.Module):
     return init_cache(self.config.text, batch, size, self.dtype)
 
   def hidden_states(self, input_ids, attention_mask, position_ids, pixel_values=None,
-                    vision_layout=None, remat: bool = False):
+                    vision_layout=None, image_slots=None, remat: bool = False):
     """Final-norm hidden states [B, L, H] of a full (uncached) forward."""
-    embeds = self.embed(input_ids, pixel_values, vision_layout)
+    embeds = self.embed(input_ids, pixel_values, vision_layout, image_slots)
     hidden, _ = self.model(embeds, position_ids, causal_mask(attention_mask), remat=remat)
     return hidden
 
   # ------------------------------------------------------------------------- HF-style call
   def __call__(self, input_ids, attention_mask=None, position_ids=None, pixel_values=None,
-               image_grid_thw=None, rope_deltas=None, vision_layout=None, **unused):
+               image_grid_thw=None, rope_deltas=None, vision_layout=None, image_slots=None,
+               **unused):
     """Logits [B, L, vocab] for a processor batch (`logits = model(**batch)`).
 
     `rope_deltas` is accepted (the processor returns it) but only matters for decoding.
@@ -97,7 +100,7 @@ class QwenVL(nnx.Module):
     if position_ids is None:
       position_ids = default_position_ids(self.config, input_ids, attention_mask, image_grid_thw)
     hidden = self.hidden_states(input_ids, jnp.asarray(attention_mask), position_ids,
-                                pixel_values, vision_layout)
+                                pixel_values, vision_layout, image_slots)
     return self.logits(hidden)
 
 
