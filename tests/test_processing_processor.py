@@ -109,7 +109,9 @@ def test_text_only_batch_has_no_vision_arrays(checkpoint):
     mask = batch["attention_mask"]
     expected = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 0)
     np.testing.assert_array_equal(batch["position_ids"], np.broadcast_to(expected, (3, *mask.shape)))
-    np.testing.assert_array_equal(batch["input_ids"], hf_reference(model_type, path, conversations, [], "left")["input_ids"])
+    reference = hf_reference(model_type, path, conversations, [], "left")
+    np.testing.assert_array_equal(batch["input_ids"], reference["input_ids"])
+    np.testing.assert_array_equal(batch["position_ids"], reference["position_ids"])
 
 
 def test_image_pads_are_expanded_per_image(checkpoint):

@@ -14,6 +14,7 @@ neighbours, grids are matched to vision runs in row-major order, and offsets com
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,57 +73,12 @@ def get_rope_index(
     rows, cols = np.nonzero(attention_mask)  # row-major: the order HF consumes grids in
     ids = input_ids[rows, cols]
     kinds = np.where(ids == image_token_id, _IMAGE, np.where(ids == video_token_id, _VIDEO, _TEXT))
-
-    # Runs of equal kind inside one row (HF groups the unpadded row with itertools.groupby).
-    starts = np.ones(len(ids), bool)
-    starts[1:] = (kinds[1:] != kinds[:-1]) | (rows[1:] != rows[:-1])
-    run_of_token = np.cumsum(starts) - 1
-    run_first = np.flatnonzero(starts)
-    run_len = np.diff(np.append(run_first, len(ids)))
-    run_kind, run_row = kinds[run_first], rows[run_first]
-
-    # Per vision run: merged grid (t, h', w') and the time step between frames.
-    grids = np.zeros((len(run_first), 3), np.int64)
-    interval = np.ones(len(run_first), np.float32)
-    _assign_grids(grids, run_kind == _IMAGE, image_grid_thw, "image", spatial_merge_size)
-    _assign_grids(grids, run_kind == _VIDEO, video_grid_thw, "video", spatial_merge_size)
-    is_vision = run_kind != _TEXT
-    expected = grids[:, 0] * grids[:, 1] * grids[:, 2]
-    bad = is_vision & (run_len != expected)
-    if bad.any():
-        r = np.flatnonzero(bad)[0]
-        raise ValueError(
-            f"row {run_row[r]}: a run of {run_len[r]} vision tokens does not match its grid "
-            f"(merged t*h*w = {expected[r]}); each image needs t*h*w/merge_size**2 pad tokens"
-        )
+    runs = _find_runs(kinds, rows)
+    grids = _run_grids(runs, image_grid_thw, video_grid_thw, spatial_merge_size)
+    interval = np.ones(len(runs.first), np.float32)
     if model_type == "qwen2_5_vl":
-        is_video = run_kind == _VIDEO
-        seconds = np.ones(is_video.sum()) if second_per_grid_ts is None else np.asarray(second_per_grid_ts)
-        if len(seconds) < is_video.sum():
-            raise ValueError(f"{is_video.sum()} videos but {len(seconds)} second_per_grid_ts values")
-        # float32, like HF's `(arange(t) * time_interval).long()` in torch.
-        interval[is_video] = (tokens_per_second * seconds[: is_video.sum()]).astype(np.float32)
-
-    # Counter value at each run start: exclusive cumsum of advances, restarted on every row.
-    advance = np.where(is_vision, np.maximum(grids[:, 1], grids[:, 2]), run_len)
-    cum = np.cumsum(advance) - advance
-    first_of_row = np.ones(len(run_first), bool)
-    first_of_row[1:] = run_row[1:] != run_row[:-1]
-    row_base = np.zeros(batch, np.int64)
-    row_base[run_row[first_of_row]] = cum[first_of_row]
-    run_start = cum - row_base[run_row]
-
-    # Per token: offset k inside its run -> (t, h, w) offsets.
-    k = np.arange(len(ids)) - run_first[run_of_token]
-    tok_grid = grids[run_of_token]
-    hw = np.maximum(tok_grid[:, 1] * tok_grid[:, 2], 1)
-    step = k // hw
-    t_off = (step.astype(np.float32) * interval[run_of_token]).astype(np.int64)
-    h_off = (k // np.maximum(tok_grid[:, 2], 1)) % np.maximum(tok_grid[:, 1], 1)
-    w_off = k % np.maximum(tok_grid[:, 2], 1)
-    vision_token = is_vision[run_of_token]
-    offsets = np.where(vision_token, np.stack([t_off, h_off, w_off]), k)
-    positions = run_start[run_of_token] + offsets
+        interval = _video_time_intervals(runs, second_per_grid_ts, tokens_per_second)
+    positions = _token_positions(runs, grids, interval, batch)
 
     position_ids = np.zeros((3, batch, length), np.int32)
     position_ids[:, rows, cols] = positions
@@ -131,6 +87,78 @@ def get_rope_index(
     n_valid = np.bincount(rows, minlength=batch)
     rope_deltas = np.where(n_valid > 0, row_max + 1 - n_valid, 0).astype(np.int32)
     return position_ids, rope_deltas
+
+
+class _Runs(NamedTuple):
+    """Maximal runs of equal token kind inside one row, over the flattened valid tokens."""
+
+    of_token: np.ndarray  # run index of every token
+    first: np.ndarray  # flat index of each run's first token
+    length: np.ndarray
+    kind: np.ndarray  # _TEXT, _IMAGE or _VIDEO
+    row: np.ndarray  # batch row of each run
+
+
+def _find_runs(kinds: np.ndarray, rows: np.ndarray) -> _Runs:
+    """Groups tokens like HF's `itertools.groupby` over each unpadded row."""
+    starts = np.ones(len(kinds), bool)
+    starts[1:] = (kinds[1:] != kinds[:-1]) | (rows[1:] != rows[:-1])
+    first = np.flatnonzero(starts)
+    length = np.diff(np.append(first, len(kinds)))
+    return _Runs(np.cumsum(starts) - 1, first, length, kinds[first], rows[first])
+
+
+def _run_grids(
+    runs: _Runs, image_grid_thw: np.ndarray | None, video_grid_thw: np.ndarray | None, merge: int
+) -> np.ndarray:
+    """Merged `(t, h/m, w/m)` grid of every run (zeros for text), checked against run lengths."""
+    grids = np.zeros((len(runs.first), 3), np.int64)
+    _assign_grids(grids, runs.kind == _IMAGE, image_grid_thw, "image", merge)
+    _assign_grids(grids, runs.kind == _VIDEO, video_grid_thw, "video", merge)
+    bad = (runs.kind != _TEXT) & (runs.length != grids.prod(axis=1))
+    if bad.any():
+        r = np.flatnonzero(bad)[0]
+        raise ValueError(
+            f"row {runs.row[r]}: a run of {runs.length[r]} vision tokens does not match its grid "
+            f"(merged t*h*w = {grids[r].prod()}); each image needs t*h*w/merge_size**2 pad tokens"
+        )
+    return grids
+
+
+def _video_time_intervals(
+    runs: _Runs, second_per_grid_ts: Sequence[float] | None, tokens_per_second: float
+) -> np.ndarray:
+    """Qwen2.5-VL temporal position step per run: tokens_per_second * seconds for videos, else 1."""
+    is_video = runs.kind == _VIDEO
+    n_videos = int(is_video.sum())
+    seconds = np.ones(n_videos) if second_per_grid_ts is None else np.asarray(second_per_grid_ts, np.float64)
+    if len(seconds) < n_videos:
+        raise ValueError(f"{n_videos} videos but {len(seconds)} second_per_grid_ts values")
+    interval = np.ones(len(runs.first), np.float32)
+    # float32, like HF's `(arange(t) * time_interval).long()` in torch.
+    interval[is_video] = (tokens_per_second * seconds[:n_videos]).astype(np.float32)
+    return interval
+
+
+def _token_positions(runs: _Runs, grids: np.ndarray, interval: np.ndarray, batch: int) -> np.ndarray:
+    """`[3, n_tokens]` positions: run start counter plus the token's offset inside its run."""
+    # Counter at each run start: exclusive cumsum of advances, restarted on every row.
+    is_vision = runs.kind != _TEXT
+    advance = np.where(is_vision, np.maximum(grids[:, 1], grids[:, 2]), runs.length)
+    cum = np.cumsum(advance) - advance
+    first_of_row = np.ones(len(runs.first), bool)
+    first_of_row[1:] = runs.row[1:] != runs.row[:-1]
+    row_base = np.zeros(batch, np.int64)
+    row_base[runs.row[first_of_row]] = cum[first_of_row]
+    run_start = cum - row_base[runs.row]
+
+    # Offset k inside the run; vision tokens unravel k into (frame, row, column) of their grid.
+    run = runs.of_token
+    k = np.arange(len(run)) - runs.first[run]
+    _, height, width = np.maximum(grids[run], 1).T  # 1s for text runs avoid dividing by 0
+    t_off = ((k // (height * width)).astype(np.float32) * interval[run]).astype(np.int64)
+    offsets = np.where(is_vision[run], np.stack([t_off, (k // width) % height, k % width]), k)
+    return run_start[run] + offsets
 
 
 def _assign_grids(
@@ -145,12 +173,12 @@ def _assign_grids(
     if grid_thw.ndim != 2 or grid_thw.shape[1] != 3:
         raise ValueError(f"{name}_grid_thw must be [n, 3], got shape {grid_thw.shape}")
     if is_run.sum() != len(grid_thw):
-        raise ValueError(
-            f"found {is_run.sum()} {name} token runs in input_ids but {len(grid_thw)} {name} grids"
-        )
+        raise ValueError(f"found {is_run.sum()} {name} token runs in input_ids but {len(grid_thw)} {name} grids")
     if (grid_thw[:, 1:] % spatial_merge_size).any():
-        raise ValueError(f"{name} grid h and w must be multiples of spatial_merge_size={spatial_merge_size}, "
-                         f"got {grid_thw.tolist()}")
+        raise ValueError(
+            f"{name} grid h and w must be multiples of spatial_merge_size={spatial_merge_size}, "
+            f"got {grid_thw.tolist()}"
+        )
     grids[is_run] = grid_thw // np.array([1, spatial_merge_size, spatial_merge_size])
 
 

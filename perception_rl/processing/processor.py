@@ -83,6 +83,9 @@ class Processor:
             "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
             "video_token_id": tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
         }
+        for token, token_id in zip((IMAGE_TOKEN, VIDEO_TOKEN), token_ids.values()):
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise ValueError(f"{path}: the tokenizer has no {token} token (not a Qwen-VL tokenizer?)")
         model_type, tokens_per_second = "qwen2_vl", 2
         config_file = path / MODEL_CONFIG
         if config_file.exists():
