@@ -1,4 +1,4 @@
-"""TFDS builder `synthetic_perception`: builds and reads back without TensorFlow, validates sources."""
+"""TFDS builder `synthetic_perception`: TF-free build and read-back, source validation."""
 import json
 import os
 import subprocess

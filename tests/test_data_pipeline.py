@@ -83,15 +83,14 @@ def test_buckets_group_lengths_and_finite_streams_emit_every_example_once():
   assert len(kept) == sizes.count(3)
 
 
-def test_collate_stacks_uniform_fields_and_lists_ragged_ones():
+def test_collate_stacks_numbers_and_lists_arrays_and_strings():
   examples = [Source()[0], Source()[4], Source()[1]]
   batch = pipeline.collate(examples, 8)
+  assert batch.keys() == {"bucket_length", "image_id", "image", "query"}
   assert batch["bucket_length"] == 8
   np.testing.assert_array_equal(batch["image_id"], [0, 4, 1])
   assert batch["query"] == ["q0", "q4", "q1"]
-  assert isinstance(batch["image"], list) and batch["image"][2].shape == (56, 28, 3)
-  same = pipeline.collate([Source()[0], Source()[4]], None)
-  assert same["image"].shape == (2, 28, 28, 3)
+  assert [image.shape for image in batch["image"]] == [(28, 28, 3), (28, 28, 3), (56, 28, 3)]
 
 
 def test_overlong_examples_and_bad_buckets_are_rejected():
@@ -102,10 +101,13 @@ def test_overlong_examples_and_bad_buckets_are_rejected():
     _batches(dataset, buckets=(4, 2))
 
 
+def _prompt(example):  # Stands in for a task's prompt formatter.
+  return {**example, "prompt": f"Count the {example['query']}"}
+
+
 def _training_batches(host=0, hosts=2):
-  transform = lambda ex: {**ex, "prompt": f"Count the {ex['query']}"}
   dataset = pipeline.make_dataset(Source(), seed=7, shard_index=host, shard_count=hosts,
-                                  transform=transform)
+                                  transform=_prompt)
   return _batches(dataset, batch_size=2)
 
 

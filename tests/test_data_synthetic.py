@@ -119,7 +119,7 @@ def test_detection_annotates_every_object_with_its_label():
   for scene in _scenes("detection"):
     ex = scene.example
     assert sorted((tuple(o.box), o.label) for o in scene.objects) == sorted(
-        zip(map(tuple, ex["boxes"]), ex["labels"]))
+        zip(map(tuple, ex["boxes"]), ex["labels"], strict=True))
     assert ex["query"] == ", ".join(synthetic.LABELS[i] for i in CONFIG.label_ids())
 
 
@@ -164,7 +164,7 @@ def test_crowd_ignore_regions_hold_only_ignored_instances():
 
 
 def _contains(outer, inner):
-  return outer[0] <= inner[0] and outer[1] <= inner[1] and inner[2] <= outer[2] and inner[3] <= outer[3]
+  return np.all(outer[:2] <= inner[:2]) and np.all(inner[2:] <= outer[2:])
 
 
 def _overlap(a, b):

@@ -64,35 +64,33 @@ def make_dataset(source: Sequence[Example] | grain.MapDataset, *, seed: int = 0,
   return dataset.map(transform) if transform is not None else dataset
 
 
-def tfds_source(config: str, split: str, data_dir: str) -> grain.MapDataset:
+def tfds_source(config_name: str, split: str, data_dir: str) -> grain.MapDataset:
   """Examples of a built `synthetic_perception/<config>` TFDS dataset, read without TF."""
   import tensorflow_datasets as tfds  # The `[data]` extra; the synthetic path needs no TFDS.
   from perception_rl.data.builders import synthetic_perception  # Registers the builder.
 
-  records = tfds.data_source(f"{synthetic_perception.NAME}/{config}", split=split,
+  records = tfds.data_source(f"{synthetic_perception.NAME}/{config_name}", split=split,
                              data_dir=data_dir)
   return grain.MapDataset.source(records).map(synthetic_perception.to_example)
 
 
 def image_patches(example: Example) -> int:
-  """Default bucketing length: the image's merged visual tokens, `H·W / 28²` (rounded up)."""
+  """Default bucketing length: the image's merged visual tokens, `⌈H/28⌉·⌈W/28⌉`."""
   height, width = example["image"].shape[:2]
   return -(-height // PATCH) * -(-width // PATCH)
 
 
 def collate(examples: list[Example], bucket_length: int | None) -> dict[str, Any]:
-  """Default batch function: stacks same-shaped arrays and numbers, lists the rest.
+  """Default batch function: numbers become arrays [B]; arrays and strings stay per-example lists.
 
-  Ragged fields (images of different sizes, per-image boxes, strings) stay lists, to be padded
-  by the consumer to `bucket_length`, which the batch carries.
+  Lists keep every batch the same structure whatever the shapes inside it; the consumer pads
+  ragged fields (images, boxes, token ids) to `bucket_length`, which the batch carries.
   """
   batch = {"bucket_length": bucket_length}
   for key in examples[0]:
     values = [example[key] for example in examples]
-    arrays = [np.asarray(value) for value in values]
-    stackable = all(not isinstance(v, str) for v in values) and all(
-        a.shape == arrays[0].shape and a.dtype == arrays[0].dtype for a in arrays)
-    batch[key] = np.stack(arrays) if stackable else values
+    scalar = all(isinstance(v, (int, float, np.number, np.bool_)) for v in values)
+    batch[key] = np.asarray(values) if scalar else values
   return batch
 
 
@@ -155,7 +153,7 @@ class _BucketBatchIterator(grain.DatasetIterator):
 
   def __init__(self, dataset: BucketBatchDataset):
     self._dataset = dataset
-    self._examples = dataset._parent  # pylint: disable=protected-access
+    self._examples = dataset.parents[0]
     indexed = self._examples.map_with_index(lambda index, example: (index, example))
     super().__init__(indexed.to_iter_dataset(dataset.read_options).__iter__())
     self._pending = [[] for _ in dataset.buckets]  # Per bucket: [(index, example)].

@@ -34,7 +34,7 @@ from PIL import Image
 from perception_rl.data import synthetic
 
 NAME = "synthetic_perception"
-SPLITS = ("train", "validation", "test")
+SPLIT_SIZES = {"train": 4096, "validation": 512, "test": 512}
 
 
 @dataclasses.dataclass(eq=False)
@@ -48,8 +48,7 @@ class SyntheticPerceptionConfig(tfds.core.BuilderConfig):
     synthetic: image sizes, object counts and the like.
   """
   task: str = "counting"
-  split_sizes: Mapping[str, int] = dataclasses.field(
-      default_factory=lambda: {"train": 4096, "validation": 512, "test": 512})
+  split_sizes: Mapping[str, int] = dataclasses.field(default_factory=lambda: dict(SPLIT_SIZES))
   seed: int = 0
   synthetic: synthetic.SyntheticConfig = synthetic.SyntheticConfig()
 
@@ -104,13 +103,19 @@ class SyntheticPerception(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
     """Yields `(image_id, features)`, validated, from the generator or the raw source."""
     if self._source_dir is None:
-      config = self.builder_config
-      for index in range(config.split_sizes[split]):
-        example = synthetic.generate_example(config.task, index, split=split, seed=config.seed,
-                                             config=config.synthetic)
-        image = _png_bytes(example.pop("image"))
-        yield index, _validated(f"{split}/{index}", image, example)
-      return
+      yield from self._generated_examples(split)
+    else:
+      yield from self._source_examples(split)
+
+  def _generated_examples(self, split: str) -> Iterator[tuple[int, dict]]:
+    config = self.builder_config
+    for index in range(config.split_sizes[split]):
+      example = synthetic.generate_example(config.task, index, split=split, seed=config.seed,
+                                           config=config.synthetic)
+      image = _png_bytes(example.pop("image"))
+      yield index, _validated(f"{split}/{index}", image, example)
+
+  def _source_examples(self, split: str) -> Iterator[tuple[int, dict]]:
     with (self._source_dir / f"{split}.jsonl").open() as lines:
       for line_number, line in enumerate(lines, 1):
         name = f"{split}.jsonl line {line_number}"
@@ -206,16 +211,17 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--source_dir", default=None, help="Build from a raw source instead.")
-  for split, size in SyntheticPerceptionConfig().split_sizes.items():
+  parser.add_argument("--name", default=None, help="Config name; derived when omitted.")
+  for split, size in SPLIT_SIZES.items():
     parser.add_argument(f"--{split}", type=int, default=size, help=f"{split} examples")
   args = parser.parse_args(argv)
-  sizes = {split: getattr(args, split) for split in SPLITS}
-  default_sizes = SyntheticPerceptionConfig().split_sizes
-  # Non-default sizes or seed make a different dataset, so they get their own config name.
-  name = args.task if (sizes, args.seed) == (default_sizes, 0) else (
-      f"{args.task}_seed{args.seed}_" + "_".join(str(sizes[s]) for s in SPLITS))
-  config = SyntheticPerceptionConfig(name=name, task=args.task, split_sizes=sizes,
-                                     seed=args.seed)
+  sizes = {split: getattr(args, split) for split in SPLIT_SIZES}
+  config = args.task  # A registered config, unless the data differs from its defaults:
+  if args.name or args.source_dir or (sizes, args.seed) != (SPLIT_SIZES, 0):
+    name = args.name or ("source" if args.source_dir else "_".join(
+        [args.task, f"seed{args.seed}", *map(str, sizes.values())]))
+    config = SyntheticPerceptionConfig(name=name, task=args.task, split_sizes=sizes,
+                                       seed=args.seed)
   builder = SyntheticPerception(data_dir=args.data_dir, config=config,
                                 source_dir=args.source_dir)
   builder.download_and_prepare()
