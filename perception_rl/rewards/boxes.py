@@ -22,15 +22,25 @@ def safe_div(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(positive, num / jnp.where(positive, den, 1), 0)
 
 
+def _coords(b: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+    # Unbinding the coordinate axis first keeps pairwise maths on [..., N, M] arrays, which
+    # XLA vectorises well, instead of on a trailing axis of size 2 or 4.
+    return tuple(b[..., k] for k in range(b.shape[-1]))
+
+
 def area(b: jnp.ndarray) -> jnp.ndarray:
     """Signed area (x2 - x1)(y2 - y1), as PR1 computes it."""
-    return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    x1, y1, x2, y2 = _coords(b)
+    return (x2 - x1) * (y2 - y1)
 
 
 def intersection(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     """Overlap area, 0 for disjoint boxes."""
-    wh = jnp.maximum(jnp.minimum(a[..., 2:], b[..., 2:]) - jnp.maximum(a[..., :2], b[..., :2]), 0)
-    return wh[..., 0] * wh[..., 1]
+    ax1, ay1, ax2, ay2 = _coords(a)
+    bx1, by1, bx2, by2 = _coords(b)
+    w = jnp.maximum(jnp.minimum(ax2, bx2) - jnp.maximum(ax1, bx1), 0)
+    h = jnp.maximum(jnp.minimum(ay2, by2) - jnp.maximum(ay1, by1), 0)
+    return w * h
 
 
 def union(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
@@ -48,8 +58,11 @@ def iou(a: jnp.ndarray, b: jnp.ndarray, eps: float = 0.0) -> jnp.ndarray:
 def giou(a: jnp.ndarray, b: jnp.ndarray, eps: float = 0.0) -> jnp.ndarray:
     """Generalised IoU (DETR): ``iou - (hull - union) / hull`` with ``eps`` added to both the
     union and the enclosing hull area, as PR1's matcher does. Range [-1, 1]."""
-    hull_wh = jnp.maximum(jnp.maximum(a[..., 2:], b[..., 2:]) - jnp.minimum(a[..., :2], b[..., :2]), 0)
-    hull = hull_wh[..., 0] * hull_wh[..., 1] + eps
+    ax1, ay1, ax2, ay2 = _coords(a)
+    bx1, by1, bx2, by2 = _coords(b)
+    hull_w = jnp.maximum(jnp.maximum(ax2, bx2) - jnp.minimum(ax1, bx1), 0)
+    hull_h = jnp.maximum(jnp.maximum(ay2, by2) - jnp.minimum(ay1, by1), 0)
+    hull = hull_w * hull_h + eps
     return iou(a, b, eps) - safe_div(hull - union(a, b), hull)
 
 
@@ -70,9 +83,9 @@ def centers(b: jnp.ndarray) -> jnp.ndarray:
 
 def l1(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     """Sum of absolute coordinate differences (``torch.cdist(p=1)`` entry)."""
-    return jnp.abs(a - b).sum(-1)
+    return sum(jnp.abs(u - v) for u, v in zip(_coords(a), _coords(b)))
 
 
 def l2(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     """Euclidean distance."""
-    return jnp.sqrt(jnp.square(a - b).sum(-1))
+    return jnp.sqrt(sum(jnp.square(u - v) for u, v in zip(_coords(a), _coords(b))))

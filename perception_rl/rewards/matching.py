@@ -23,12 +23,17 @@ def hungarian(cost: np.ndarray, num_rows: np.ndarray, num_cols: np.ndarray) -> n
       bool ``[B, N, M]``: ``min(num_rows, num_cols)`` True entries per item, no two in a row or
       column, minimising the summed cost (``scipy.optimize.linear_sum_assignment``).
     """
-    cost = np.nan_to_num(np.asarray(cost, np.float64), nan=_FINITE_MAX,
-                         posinf=_FINITE_MAX, neginf=-_FINITE_MAX)
+    cost = np.asarray(cost)
+    if not np.isfinite(cost).all():
+        cost = np.nan_to_num(cost, nan=_FINITE_MAX, posinf=_FINITE_MAX, neginf=-_FINITE_MAX)
+    sizes = zip(np.asarray(num_rows).tolist(), np.asarray(num_cols).tolist())
+    items = [(b, n, m) for b, (n, m) in enumerate(sizes) if n > 0 and m > 0]
+    matches = [linear_sum_assignment(cost[b, :n, :m]) for b, n, m in items]
     assignment = np.zeros(cost.shape, bool)
-    for b in np.flatnonzero((np.asarray(num_rows) > 0) & (np.asarray(num_cols) > 0)):
-        rows, cols = linear_sum_assignment(cost[b, : num_rows[b], : num_cols[b]])
-        assignment[b, rows, cols] = True
+    if matches:
+        batch = np.repeat([b for b, _, _ in items], [min(n, m) for _, n, m in items])
+        assignment[batch, np.concatenate([r for r, _ in matches]),
+                   np.concatenate([c for _, c in matches])] = True
     return assignment
 
 

@@ -104,18 +104,32 @@ def pack(
       ``(values, valid)``: ``[rows, N, d]`` of ``dtype`` with N = bucket(longest kept row) and the
       bool ``[rows, N]`` mask of filled slots.
     """
-    counts = np.array([len(x) for x in items], dtype=np.int64)
+    counts = [len(x) for x in items]
+    flat = np.concatenate(items).reshape(-1, width) if sum(counts) else np.zeros((0, width))
+    row_ids = np.repeat(np.arange(len(items)), counts)
+    return pack_flat(flat, row_ids, rows, cap=cap, minimum=minimum, dtype=dtype)
+
+
+def pack_flat(
+    flat: np.ndarray,
+    row_ids: np.ndarray,
+    rows: int,
+    *,
+    cap: int | None = None,
+    minimum: int = MIN_BUCKET,
+    dtype=np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`pack` for elements given flat: ``flat[k]`` belongs to row ``row_ids[k]`` (sorted)."""
+    counts = np.bincount(row_ids, minlength=rows)
+    slot = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
     if cap is not None:
-        counts = np.minimum(counts, cap)
-    size = bucket(counts.max(initial=0), minimum)
-    values = np.zeros((rows, size, width), dtype)
+        kept = slot < cap
+        flat, row_ids, slot = flat[kept], row_ids[kept], slot[kept]
+    size = bucket(slot.max(initial=-1) + 1, minimum)
+    values = np.zeros((rows, size, flat.shape[1]), dtype)
     valid = np.zeros((rows, size), bool)
-    if counts.sum():
-        flat = np.concatenate([x[:c] for x, c in zip(items, counts)])
-        row = np.repeat(np.arange(len(counts)), counts)
-        slot = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
-        values[row, slot] = flat
-        valid[row, slot] = True
+    values[row_ids, slot] = flat
+    valid[row_ids, slot] = True
     return values, valid
 
 
@@ -141,9 +155,9 @@ def _to_float(value) -> float:
 
 
 def _box_set(
-    row_of: list[int],
+    row_of: Sequence[int],
     coords: list[Sequence],
-    labels: list[int],
+    labels: Sequence[int],
     num_elements: np.ndarray,
     parsed: np.ndarray,
     *,
@@ -153,23 +167,21 @@ def _box_set(
     ordered: bool,
 ) -> BoxSet:
     """Builds a `BoxSet` from flat candidate lists (one entry per candidate element)."""
+    values = itertools.chain.from_iterable(coords)
     try:
-        flat = np.array(coords, np.float64).reshape(-1, 4)
-    except OverflowError:
+        flat = np.fromiter(values, np.float64, count=4 * len(coords)).reshape(-1, 4)
+    except OverflowError:  # an int beyond float range
         flat = np.array([[_to_float(v) for v in c] for c in coords], np.float64).reshape(-1, 4)
     keep = box_is_valid(flat, max_abs, ordered=ordered)
     row_ids = np.asarray(row_of, np.int64)[keep]
     flat = np.concatenate([flat[keep], np.asarray(labels, np.float64).reshape(-1, 1)[keep]], 1)
     # flat columns: x1, y1, x2, y2, label.
-    # Rows are appended in order, so a split at the row boundaries restores per-row lists.
-    num_valid = np.bincount(row_ids, minlength=rows).astype(np.int32)
-    per_row = np.split(flat, np.cumsum(num_valid)[:-1])
-    values, valid = pack(per_row, rows, width=5, cap=max_boxes)
+    values, valid = pack_flat(flat, row_ids, rows, cap=max_boxes)
     return BoxSet(
         boxes=values[..., :4],
         valid=valid,
         labels=np.where(valid, values[..., 4], -1).astype(np.int32),
-        num_valid=num_valid,
+        num_valid=np.bincount(row_ids, minlength=rows).astype(np.int32),
         num_elements=_pad(num_elements, rows).astype(np.int32),
         parsed=_pad(parsed, rows).astype(bool),
     )
@@ -233,37 +245,30 @@ def json_boxes(
     Returns:
       A `BoxSet`.
     """
-    row_of, coords, labels = [], [], []
-    num_elements = np.zeros(len(texts), np.int64)
-    parsed = np.zeros(len(texts), bool)
-    for i, text in enumerate(texts):
-        items = load_json_list(text) if text is not None else None
-        if items is None:
-            continue
-        parsed[i] = True
-        num_elements[i] = len(items)
-        for item in items:
-            if type(item) is not dict:
-                continue
-            box = item.get("bbox_2d")
-            if type(box) is not list or len(box) != 4:
-                continue
-            if vocabulary is None:
-                label = -1
-            else:
-                label = item.get("label")
-                label = vocabulary.get(label, -1) if type(label) is str else -1
-                if label < 0:
-                    continue
-            row_of.append(i)
-            coords.append(box)
-            labels.append(label)
+    # Comprehensions over the flattened elements of the whole batch: the per-element work is
+    # a few C-level type checks and dict lookups, no Python loop bodies.
+    lists = [load_json_list(t) if t is not None else None for t in texts]
+    num_elements = np.array([len(x) if x is not None else 0 for x in lists], np.int64)
+    items = list(itertools.chain.from_iterable(x for x in lists if x))
+    row_of = np.repeat(np.arange(len(texts)), num_elements)
+    boxes = [x.get("bbox_2d") if type(x) is dict else None for x in items]
+    keep = [type(b) is list and len(b) == 4 for b in boxes]
+    if vocabulary is None:
+        labels = [-1] * len(items)
+    else:
+        names = [x.get("label") if type(x) is dict else None for x in items]
+        labels = [vocabulary.get(n, -1) if type(n) is str else -1 for n in names]
+        keep = [k and label >= 0 for k, label in zip(keep, labels)]
+    coords = list(itertools.compress(boxes, keep))
     if not set(map(type, itertools.chain.from_iterable(coords))) <= {int, float}:
         # Rare slow path: drop candidates holding strings, bools, lists, null...
-        keep = [all(type(v) in (int, float) for v in c) for c in coords]
-        row_of, coords, labels = (list(itertools.compress(x, keep)) for x in (row_of, coords, labels))
+        numeric = iter([all(type(v) in (int, float) for v in c) for c in coords])
+        keep = [k and next(numeric) for k in keep]
+        coords = list(itertools.compress(boxes, keep))
+    keep = np.array(keep, bool)
     return _box_set(
-        row_of, coords, labels, num_elements, parsed,
+        row_of[keep], coords, np.array(labels, np.int64)[keep], num_elements,
+        np.array([x is not None for x in lists], bool),
         rows=rows, max_boxes=max_boxes, max_abs=max_abs, ordered=True,
     )
 
