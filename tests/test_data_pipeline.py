@@ -6,7 +6,7 @@ import grain
 import numpy as np
 import pytest
 
-from perception_rl.data import pipeline
+from perception_rl.data import pipeline, synthetic
 
 N = 23  # Odd on purpose: the last batch and the host shards are uneven.
 READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
@@ -81,6 +81,18 @@ def test_buckets_group_lengths_and_finite_streams_emit_every_example_once():
   kept = list(_batches(dataset, buckets=(1, 3, 4), drop_remainder=True))
   assert all(len(batch["image_id"]) == 3 for batch in kept)
   assert len(kept) == sizes.count(3)
+
+
+def test_synthetic_source_end_to_end():
+  source = synthetic.SyntheticSource("grounding", "validation", 10)
+  dataset = pipeline.make_dataset(source, shuffle=False, num_epochs=1, shard_index=0,
+                                  shard_count=1)
+  batches = list(_batches(dataset, batch_size=4, buckets=(16, 32, 64)))
+  assert sorted(i for batch in batches for i in batch["image_id"]) == list(range(10))
+  first = next(batch for batch in batches if 0 in batch["image_id"])
+  position = list(first["image_id"]).index(0)
+  np.testing.assert_array_equal(first["boxes"][position], source[0]["boxes"])
+  assert first["query"][position] == source[0]["query"]
 
 
 def test_collate_stacks_numbers_and_lists_arrays_and_strings():
