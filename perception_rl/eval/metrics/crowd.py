@@ -73,14 +73,15 @@ def crowd_metrics(gt: Any, detections: Any, iou: float = 0.5) -> dict[str, float
   is_tp = _ranked_matches(images, iou)
   tp, fp = np.cumsum(is_tp), np.cumsum(~is_tp)
   hits = int(is_tp.sum())
-  false, misses = len(is_tp) - hits, num_gt - hits
+  false_alarms, misses = len(is_tp) - hits, num_gt - hits
   return {
       "AP50": _average_precision(tp / num_gt, tp / (tp + fp)) if num_gt else np.nan,
       "MR-2": _log_average_miss_rate(tp / num_gt, fp / len(images)) if num_gt else np.nan,
       "JI": _jaccard_index(images, iou),
       "recall": hits / num_gt if num_gt else np.nan,
       "precision": hits / len(is_tp) if len(is_tp) else np.nan,
-      "F1": 2 * hits / (2 * hits + false + misses) if hits + false + misses else np.nan,
+      "F1": (2 * hits / (2 * hits + false_alarms + misses)  # = 2PR / (P + R), 0 if either is
+             if hits + false_alarms + misses else np.nan),  # undefined and the other 0.
   }
 
 
@@ -124,13 +125,12 @@ def _caltech_match(boxes: np.ndarray, gt: np.ndarray, ignore: np.ndarray,
                    iou: float) -> np.ndarray:
   """Greedy matching of score-sorted detections: 1 true positive, 0 false, -1 ignored."""
   overlaps = _iou(boxes, gt)
-  in_ignore = _covered(boxes, ignore, iou)
+  status = np.where(_covered(boxes, ignore, iou), -1, 0).astype(np.int8)
   free = np.ones(len(gt), bool)
-  status = np.where(in_ignore, -1, 0).astype(np.int8)
-  for d in range(len(boxes)):  # Sequential: each match removes a ground truth.
+  for d in np.flatnonzero((overlaps >= iou).any(axis=1)):  # Sequential: a match takes a GT.
     candidates = np.where(free, overlaps[d], -1.0)
-    best = int(np.argmax(candidates)) if len(gt) else 0
-    if len(gt) and candidates[best] >= iou:
+    best = int(np.argmax(candidates))
+    if candidates[best] >= iou:
       status[d], free[best] = 1, False
   return status
 
@@ -151,35 +151,44 @@ def _log_average_miss_rate(recall: np.ndarray, fppi: np.ndarray) -> float:
 
 def _jaccard_index(images: list[_Image], iou: float) -> float:
   """Maximum over score thresholds of the mean per-image k / (m + n − k)."""
-  best, last_kept = np.nan, -1
+  overlaps = [_iou(image.boxes, image.gt) for image in images]
+  det_ignored = [_covered(image.boxes, image.ignore, iou) for image in images]
+  gt_ignored = [_covered(image.gt, image.ignore, iou) for image in images]
+  counts = np.zeros((len(images), 3))  # k, m, n per image
+  num_kept = np.full(len(images), -1)
+  best = np.nan
   for threshold in JI_SCORE_THRESHOLDS:
-    kept = [image.scores > threshold for image in images]
-    num_kept = sum(int(k.sum()) for k in kept)
-    if num_kept == last_kept:  # Kept sets are nested: same size, same detections, same JI.
-      continue
-    last_kept = num_kept
-    k, m, n = np.array([_ji_counts(image, keep, iou)
-                        for image, keep in zip(images, kept)]).reshape(-1, 3).T
+    for i, image in enumerate(images):
+      keep = image.scores > threshold
+      if keep.sum() != num_kept[i]:  # Kept sets are nested: same size, same detections.
+        num_kept[i] = keep.sum()
+        counts[i] = _ji_counts(overlaps[i][keep], det_ignored[i][keep], gt_ignored[i], iou)
+    k, m, n = counts.T
     counted = (m > 0) | (n > 0)
     if counted.any():
       best = np.fmax(best, np.mean(k[counted] / (m + n - k)[counted]))
   return float(best)
 
 
-def _ji_counts(image: _Image, keep: np.ndarray, iou: float) -> tuple[int, int, int]:
-  """(k matched pairs, m counted ground truth, n counted detections) of one image."""
+def _ji_counts(overlaps: np.ndarray, det_ignored: np.ndarray, gt_ignored: np.ndarray,
+               iou: float) -> tuple[int, int, int]:
+  """(k matched pairs, m counted ground truth, n counted detections) of one image.
+
+  Args:
+    overlaps: [D, G] IoU of the kept detections with the ground truth.
+    det_ignored: [D] whether each detection lies in an ignore region.
+    gt_ignored: [G] whether each ground truth lies in an ignore region.
+    iou: matching threshold.
+  """
   from scipy.optimize import linear_sum_assignment  # Heavy import: only when evaluating.
 
-  boxes = image.boxes[keep]
-  weights = _iou(boxes, image.gt)
-  weights[weights < iou] = 0.0
+  weights = np.where(overlaps >= iou, overlaps, 0.0)
   rows, cols = linear_sum_assignment(weights, maximize=True)  # Max-weight matching.
   matched = weights[rows, cols] > 0
-  det_free, gt_free = np.ones(len(boxes), bool), np.ones(len(image.gt), bool)
+  det_free, gt_free = np.ones(len(det_ignored), bool), np.ones(len(gt_ignored), bool)
   det_free[rows[matched]], gt_free[cols[matched]] = False, False
-  n = len(boxes) - int(np.sum(det_free & _covered(boxes, image.ignore, iou)))
-  m = len(image.gt) - int(np.sum(gt_free & _covered(image.gt, image.ignore, iou)))
-  return int(matched.sum()), m, n
+  return (int(matched.sum()), len(gt_ignored) - int(np.sum(gt_free & gt_ignored)),
+          len(det_ignored) - int(np.sum(det_free & det_ignored)))
 
 
 def _xyxy(boxes: np.ndarray) -> np.ndarray:

@@ -188,6 +188,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_real(value: Any) -> bool:
+  if type(value) in (int, float):  # Fast path for JSON numbers; ABC checks are slow.
+    return math.isfinite(value)
   return (isinstance(value, numbers.Real) and not isinstance(value, bool)
           and math.isfinite(value))
 
