@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import perception_rl.eval as evaluation
-import perception_rl.eval.metrics as metrics
+from perception_rl.eval import metrics
 
 
 def test_public_names_resolve():

@@ -37,33 +37,35 @@ def _set(path, value):
 # (what is wrong, path, new value, message): shared by both metrics.
 _BAD = [
     ("unknown image", ("detections", 1, "image_id"), 99,
-     "detections[1] {'image_id': 99, 'category_id': 7, 'bbox': [5, 5, 20, 20]}: "
-     "image_id 99 is not in gt['images']."),
+     ("detections[1] {'image_id': 99, 'category_id': 7, 'bbox': [5, 5, 20, 20]}: "
+      "image_id 99 is not in gt['images'].")),
     ("string image id", ("detections", 0, "image_id"), "1",
-     "detections[0] {'image_id': '1', 'category_id': 1, 'bbox': [0, 0, 10, 10], 'score': 0.9}: "
-     "has no integer 'image_id'."),
+     ("detections[0] {'image_id': '1', 'category_id': 1, 'bbox': [0, 0, 10, 10], 'score': 0.9}: "
+      "has no integer 'image_id'.")),
     ("short bbox", ("detections", 0, "bbox"), [0, 0, 10],
-     "detections[0] {'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 10], 'score': 0.9}: "
-     "has no 'bbox' of 4 finite numbers [x, y, w, h]."),
+     ("detections[0] {'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 10], 'score': 0.9}: "
+      "has no 'bbox' of 4 finite numbers [x, y, w, h].")),
     ("negative width", ("detections", 1, "bbox"), [5, 5, -20, 20],
-     "detections[1] {'image_id': 2, 'category_id': 7, 'bbox': [5, 5, -20, 20]}: "
-     "has a bbox with negative width or height."),
+     ("detections[1] {'image_id': 2, 'category_id': 7, 'bbox': [5, 5, -20, 20]}: "
+      "has a bbox with negative width or height.")),
     ("nan score", ("detections", 0, "score"), float("nan"),
-     "detections[0] {'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 10, 10], 'score': nan}: "
-     "score nan is not a finite number."),
+     ("detections[0] {'image_id': 1, 'category_id': 1, 'bbox': [0, 0, 10, 10], 'score': nan}: "
+      "score nan is not a finite number.")),
     ("detection not a dict", ("detections", 0), "oops", "detections[0] 'oops': is not a dict."),
     ("annotation without bbox", ("gt", "annotations", 1, "bbox"), ...,
-     "gt['annotations'][1] {'id': 2, 'image_id': 2, 'category_id': 7, 'area': 400, "
-     "'iscrowd': 0}: has no 'bbox' of 4 finite numbers [x, y, w, h]."),
+     ("gt['annotations'][1] {'id': 2, 'image_id': 2, 'category_id': 7, 'area': 400, "
+      "'iscrowd': 0}: has no 'bbox' of 4 finite numbers [x, y, w, h].")),
     ("annotation of unknown image", ("gt", "annotations", 0, "image_id"), 5,
-     "gt['annotations'][0] {'id': 1, 'image_id': 5, 'category_id': 1, 'bbox': [0, 0, 10, 10], "
-     "'area': 100, 'iscrowd': 0}: image_id 5 is not in gt['images']."),
+     ("gt['annotations'][0] {'id': 1, 'image_id': 5, 'category_id': 1, 'bbox': [0, 0, 10, 10], "
+      "'area': 100, 'iscrowd': 0}: image_id 5 is not in gt['images'].")),
     ("iscrowd 2", ("gt", "annotations", 0, "iscrowd"), 2, "}: iscrowd 2 is not 0 or 1."),
     ("negative area", ("gt", "annotations", 1, "area"), -1.0, "area -1.0 is not a finite"),
     ("image without id", ("gt", "images", 1), {"file_name": "x.jpg"},
      "gt['images'][1] {'file_name': 'x.jpg'}: has no integer 'id'."),
-    ("repeated image id", ("gt", "images", 1), {"id": 1}, "gt['images'][1] {'id': 1}: repeats id 1."),
+    ("repeated image id", ("gt", "images", 1), {"id": 1},
+     "gt['images'][1] {'id': 1}: repeats id 1."),
     ("no annotation list", ("gt", "annotations"), ..., "gt['annotations'] must be a list"),
+    ("no images", ("gt", "images"), [], "gt['images'] is empty"),
 ]
 
 

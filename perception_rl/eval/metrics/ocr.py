@@ -104,7 +104,7 @@ def sentence_bleu(prediction: Sequence[str], reference: Sequence[str]) -> float:
   return brevity * math.exp(math.fsum(log_precisions))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def meteor_unavailable_reason() -> str | None:
   """Why METEOR cannot be computed here, or None when it can."""
   try:
@@ -175,7 +175,7 @@ def ocr_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[s
   return {key: float(np.mean([page[key] for page in pages])) for key in pages[0]}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jieba() -> Any:
   try:
     import jieba  # Optional: only for CJK pages.

@@ -76,11 +76,13 @@ def load_ground_truth(gt: Any, *, with_categories: bool) -> GroundTruth:
     The checked ground truth.
 
   Raises:
-    RecordError: naming the first malformed record.
+    RecordError: naming the first malformed record, or when there are no images.
   """
   if not isinstance(gt, Mapping):
     raise RecordError(f"gt must be a COCO-format dict, got {type(gt).__name__}.")
   image_ids = _unique_ids(_list_field(gt, "images"), "gt['images']")
+  if not len(image_ids):
+    raise RecordError("gt['images'] is empty: there is nothing to evaluate.")
   category_ids = (_unique_ids(_list_field(gt, "categories"), "gt['categories']")
                   if with_categories else np.zeros(0, np.int64))
   images, categories = set(image_ids.tolist()), set(category_ids.tolist())
