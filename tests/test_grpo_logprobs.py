@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from perception_rl.rl.logprobs import token_logprobs
 
@@ -41,8 +42,12 @@ def scalarise(fn):
   return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
-@pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("chunk_size,temperature", [(4, 1.0), (5, 0.7), (13, 1.0), (64, 1.3)])
+@pytest.mark.parametrize("tied,chunk_size,temperature", [
+    (False, 4, 1.0),   # chunks do not divide T = 13: padded tail
+    (True, 5, 0.7),
+    (False, 13, 1.3),  # one chunk
+    (True, 64, 1.0),   # chunk longer than the sequence
+])
 def test_matches_naive_float32(tied, chunk_size, temperature):
   hidden, weight, targets = inputs(tied, jnp.float32)
   ours = functools.partial(chunked, chunk_size=chunk_size, temperature=temperature)
@@ -96,3 +101,19 @@ def test_backward_memory_scales_with_chunk_not_sequence():
   unchunked = temp_bytes(t)
   assert unchunked >= b * t * v * 4  # at least the full float32 logits
   assert temp_bytes(32) <= unchunked // 6  # 8x fewer positions per chunk, some slack
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit])
+def test_sharded_batch_and_vocabulary(axis_type):
+  """Batch over 'data', vocabulary over 'tensor' (as the lm_head rule places it)."""
+  mesh = Mesh(np.asarray(jax.devices()[:4]).reshape(2, 2), ("data", "tensor"),
+              axis_types=(axis_type,) * 2)
+  hidden, weight, targets = inputs(False, jnp.float32, seed=3)
+  loss = lambda h, w, t: scalarise(lambda h, w: chunked(h, t, w, False, 4, 1.0))(h, w)
+  want = loss(hidden, weight, targets)
+  with jax.set_mesh(mesh):
+    got = loss(jax.device_put(hidden, NamedSharding(mesh, P("data"))),
+               jax.device_put(weight, NamedSharding(mesh, P(None, "tensor"))),
+               jax.device_put(targets, NamedSharding(mesh, P("data"))))
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)

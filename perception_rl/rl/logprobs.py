@@ -69,7 +69,11 @@ def token_logprobs(
   def chunk_logprobs(h, t):
     logits = jnp.einsum(equation, h, head_weight, preferred_element_type=jnp.float32)
     logp = jax.nn.log_softmax(logits / temperature, axis=-1)
-    token_logp = jnp.take_along_axis(logp, t[..., None], axis=-1)[..., 0]
+    # A masked sum rather than a gather: with the vocabulary sharded it is a local reduction
+    # plus an all-reduce of [B, chunk] values, and it also traces under Explicit mesh axes,
+    # where a gather along a sharded axis is rejected.
+    is_target = jnp.arange(vocab) == t[..., None]
+    token_logp = jnp.sum(jnp.where(is_target, logp, 0.0), axis=-1)
     if not return_entropy:
       return token_logp, None
     return token_logp, -jnp.sum(jnp.exp(logp) * logp, axis=-1)
