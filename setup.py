@@ -22,6 +22,10 @@ setup(
         # Used without torch: tokenizers, chat templates and config parsing only.
         "transformers>=5.0",
         "rapidfuzz>=3.9",
+        "faster-coco-eval>=1.6",
+        "grain>=0.2.18",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
         "tqdm>=4.66",
     ],
     extras_require={
@@ -32,8 +36,17 @@ setup(
             "torch==2.13.0",
             "transformers>=5.0",
             "pycocotools>=2.0.8",
-            "faster-coco-eval>=1.6",
             "nltk>=3.9",
+            # The TFDS builder tests build and read array_record without TensorFlow.
+            "tensorflow-datasets>=4.9.10",
+            "array-record>=0.8",
+            "importlib_resources>=6",
         ],
+        # Building / reading TFDS datasets (no TensorFlow needed).
+        "data": ["tensorflow-datasets>=4.9.10", "array-record>=0.8", "importlib_resources>=6"],
+        # METEOR and Chinese segmentation for PageOCR evaluation.
+        "ocr": ["nltk>=3.9", "jieba>=0.42"],
+        # The peer of benchmarks/grpo_step.py.
+        "bench": ["trl>=1.16", "torch==2.13.0"],
     },
 )
