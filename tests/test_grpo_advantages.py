@@ -62,8 +62,12 @@ def test_zero_variance_groups():
   rewards = np.array([1, 1, 1, 0.5, 0.5, 0.5, 0, 1, 0, 2, 2, 2.0001], np.float32)
   np.testing.assert_array_equal(grpo.zero_variance_groups(rewards, 3),
                                 [True, True, False, False])
-  components = np.stack([rewards, -rewards], axis=-1)  # sums to 0 everywhere
-  assert np.all(grpo.zero_variance_groups(components, 3))
+  # With components, a group is zero-variance only if every component is constant.
+  constant = np.full_like(rewards, 0.25)
+  np.testing.assert_array_equal(grpo.zero_variance_groups(np.stack([rewards, constant], -1), 3),
+                                [True, True, False, False])
+  assert not np.any(grpo.zero_variance_groups(np.stack([rewards, -rewards, np.arange(12)], -1),
+                                              3))
 
 
 class FakeRollouts:

@@ -163,8 +163,8 @@ def test_micro_batch_accumulation_equals_full_batch(agg):
   """Sums of LossTerms over micro-batches, then divide: loss, metrics and gradients match."""
   lp, old, ref, adv, mask, entropy = random_batch(seed=4, batch=7, length=10)
   mask[4:7, 7:] = 0.0  # short completions in the last micro-batch
-  kwargs = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, kl_estimator="k3",
-                loss_agg=agg, max_tokens_norm=10)
+  kwargs = {"beta": 0.04, "epsilon_low": 0.2, "epsilon_high": 0.28, "kl_estimator": "k3",
+            "loss_agg": agg, "max_tokens_norm": 10}
 
   @jax.jit
   @functools.partial(jax.grad, has_aux=True)

@@ -11,7 +11,7 @@ and one update per rollout batch, where the ratio is exp(lp - sg(lp)) = 1 and th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -83,17 +83,18 @@ def zero_variance_groups(rewards: jax.Array, group_size: int) -> jax.Array:
   """Marks the groups whose G rewards are all equal, so every advantage in them is zero.
 
   Args:
-    rewards: [B*G] rewards (or [B*G, C] components, compared after summing), prompt-major.
+    rewards: [B*G] rewards or [B*G, C] components, prompt-major. With components a group counts
+      only if every component is constant, which is what zeroes `normalize_components`
+      advantages too.
     group_size: G.
 
   Returns:
     [B] bool, True where the group carries no learning signal apart from the KL term.
   """
   rewards = jnp.asarray(rewards)
-  if rewards.ndim == 2:
-    rewards = rewards.sum(axis=-1)
-  groups = rewards.reshape(-1, group_size)
-  return jnp.all(groups == groups[:, :1], axis=1)
+  groups = rewards.reshape(-1, group_size, *rewards.shape[1:])
+  constant = groups == groups[:, :1]
+  return constant.reshape(constant.shape[0], -1).all(axis=1)
 
 
 def kl_penalty(logps: jax.Array, ref_logps: jax.Array, estimator: str = "k3") -> jax.Array:
@@ -134,13 +135,23 @@ class LossTerms(NamedTuple):
 
   Every field is a sum over a micro-batch, so `jax.tree.map(jnp.add, a, b)` merges two
   micro-batches and `loss` / `metrics()` of the merged terms equal those of the full batch for
-  every `loss_agg`. The weight never depends on parameters, so gradients accumulate the same way:
+  every `loss_agg`. The weight depends only on masks, never on parameters, so gradients of
+  `loss_sum` accumulate the same way and are divided once at the end:
 
-      grads, terms = sum over micro-batches of jax.grad(lambda p: terms(p).loss_sum)(params), ...
-      grads = grads / terms.weight
+      def micro_loss(params, mb):
+        terms = policy_loss_terms(logps_fn(params, mb), ..., mb.mask, ...)
+        return terms.loss_sum, terms
 
-  or, when the total weight is known before the backward passes (it only depends on masks),
-  differentiate `loss_sum / total_weight` per micro-batch and sum the gradients.
+      for mb in micro_batches:  # or lax.scan
+        g, t = jax.grad(micro_loss, has_aux=True)(params, mb)
+        grads, total = jax.tree.map(jnp.add, (grads, total), (g, t))  # after the first
+      grads = jax.tree.map(lambda x: x / jnp.maximum(total.weight, 1.0), grads)
+      loss, metrics = total.loss, total.metrics()
+
+  Dividing each micro-batch by its own weight instead (a mean of micro-batch losses) is biased
+  whenever micro-batches hold different numbers of sequences or tokens. If the total weight is
+  computed from the masks first, differentiating `loss_sum / total_weight` per micro-batch and
+  summing is equivalent.
 
   Attributes:
     loss_sum: sum of weighted per-token objectives.

@@ -55,7 +55,7 @@ def token_logprobs(
   Returns:
     [B, T] float32 log-probs, and [B, T] float32 entropies when `return_entropy`.
   """
-  batch, length, _ = hidden.shape
+  length = hidden.shape[1]
   vocab = head_weight.shape[0] if tied else head_weight.shape[1]
   chunk_size = min(chunk_size, length)
   num_chunks = -(-length // chunk_size)
