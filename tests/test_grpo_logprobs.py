@@ -52,8 +52,8 @@ def scalarise(fn):
 def test_matches_naive_float32(tied, chunk_size, temperature):
   hidden, weight, targets = inputs(tied, jnp.float32)
   ours = functools.partial(chunked, chunk_size=chunk_size, temperature=temperature)
-  ours_fn = lambda h, w: ours(h, targets, w, tied)
-  naive_fn = lambda h, w: naive(h, targets, w, tied, temperature)
+  ours_fn = jax.jit(lambda h, w: ours(h, targets, w, tied))
+  naive_fn = jax.jit(lambda h, w: naive(h, targets, w, tied, temperature))
   for got, want in zip(ours_fn(hidden, weight), naive_fn(hidden, weight)):
     assert got.dtype == jnp.float32 and got.shape == (B, T)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
@@ -64,8 +64,8 @@ def test_matches_naive_float32(tied, chunk_size, temperature):
 @pytest.mark.parametrize("tied", [False, True])
 def test_bfloat16_inputs_computed_in_float32(tied):
   hidden, weight, targets = inputs(tied, jnp.bfloat16, seed=1)
-  ours_fn = lambda h, w: chunked(h, targets, w, tied, 4, 1.0)
-  naive_fn = lambda h, w: naive(h, targets, w, tied, 1.0)
+  ours_fn = jax.jit(lambda h, w: chunked(h, targets, w, tied, 4, 1.0))
+  naive_fn = jax.jit(lambda h, w: naive(h, targets, w, tied, 1.0))
   for got, want in zip(ours_fn(hidden, weight), naive_fn(hidden, weight)):
     assert got.dtype == jnp.float32
     # Products of bf16 values are exact in float32, so only the summation order differs.
