@@ -238,17 +238,35 @@ def _qwen2p5_vl(hidden, layers, heads, kv, inter, vocab, tie) -> QwenVLConfig:
                       max_position_embeddings=128000))
 
 
-def tiny(family: str = "qwen2_5_vl", vocab_size: int = 1024, **token_ids) -> QwenVLConfig:
-  """A test-sized model (a few hundred K params) with every code path active."""
-  text = TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_layers=2,
-                    num_heads=4, num_kv_heads=2, mrope_section=(2, 3, 3), max_position_embeddings=4096)
+# Special-token ids of the shipped tiny tokenizer (perception_rl/assets/tiny_tokenizer).
+TINY_TOKENIZER_IDS = dict(image_token_id=10, video_token_id=11, vision_start_token_id=12,
+                          vision_end_token_id=13, bos_token_id=0, eos_token_id=1, pad_token_id=0)
+
+
+def tiny(family: str = "qwen2_5_vl", vocab_size: int = 1024, *, hidden_size: int = 64,
+         num_layers: int = 2, vision_width: int = 32, vision_depth: int = 2,
+         **token_ids) -> QwenVLConfig:
+  """A small model with every code path active, matching the shipped tiny tokenizer.
+
+  The default (a few hundred K params) is for tests; the synthetic main job uses a wider one.
+  2.5-VL gets one windowed and one full-attention block (window 56 px = 2×2 merged tokens).
+  """
+  heads = max(4, hidden_size // 32)
+  head_dim = hidden_size // heads
+  section = (head_dim // 2 - 2 * (3 * head_dim // 16), 3 * head_dim // 16, 3 * head_dim // 16)
+  text = TextConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                    intermediate_size=2 * hidden_size, num_layers=num_layers, num_heads=heads,
+                    num_kv_heads=heads // 2, mrope_section=section, max_position_embeddings=4096)
+  vheads = 4
   if family == "qwen2_vl":
-    vision = VisionConfig(depth=2, width=32, num_heads=4, mlp_dim=128, out_dim=64)
+    vision = VisionConfig(depth=vision_depth, width=vision_width, num_heads=vheads,
+                          mlp_dim=4 * vision_width, out_dim=hidden_size)
   else:
-    vision = VisionConfig(depth=2, width=32, num_heads=4, mlp_dim=48, out_dim=64, window_size=56,
-                          fullatt_block_indexes=(1,))
-  return QwenVLConfig(family=family, vision=vision, text=text, tie_word_embeddings=True,
-                      **token_ids)
+    vision = VisionConfig(depth=vision_depth, width=vision_width, num_heads=vheads,
+                          mlp_dim=3 * vision_width // 2, out_dim=hidden_size, window_size=56,
+                          fullatt_block_indexes=(vision_depth - 1,))
+  ids = {**TINY_TOKENIZER_IDS, **token_ids}
+  return QwenVLConfig(family=family, vision=vision, text=text, tie_word_embeddings=True, **ids)
 
 
 PRESETS = {
