@@ -1,0 +1,40 @@
+"""Task registry: the name in a config → the task object the trainer and eval runner use.
+
+Adding a task: write `perception_rl/data/tasks/<name>.py` with a frozen dataclass implementing
+`base.Task`, then add one entry to `TASKS`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from perception_rl.data.tasks.base import Task
+from perception_rl.data.tasks.counting import CountingTask
+from perception_rl.data.tasks.crowd import CrowdTask
+from perception_rl.data.tasks.detection import DetectionTask
+from perception_rl.data.tasks.grounding import GroundingTask
+from perception_rl.data.tasks.ocr import OcrTask
+
+TASKS: dict[str, type] = {
+    "counting": CountingTask,
+    "grounding": GroundingTask,
+    "detection": DetectionTask,
+    "ocr": OcrTask,
+    "crowd": CrowdTask,
+}
+
+
+def get_task(name: str, **overrides) -> Task:
+    """The task registered as `name`, with dataclass fields overridden (e.g. `label_names`).
+
+    Raises:
+      KeyError: for an unknown task name.
+      ValueError: for an override that is not a field of the task.
+    """
+    if name not in TASKS:
+        raise KeyError(f"Unknown task {name!r}; registered: {sorted(TASKS)}.")
+    cls = TASKS[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if unknown := set(overrides) - fields:
+        raise ValueError(f"Unknown option(s) {sorted(unknown)} for task {name!r}; "
+                         f"valid: {sorted(fields)}.")
+    return cls(**overrides)
