@@ -23,17 +23,18 @@ def batch(name, seed, num_prompts=3, group=4):
             completions += [BOX.format(*(boxes[0] + rng.integers(-9, 9, 4))) for _ in range(group)]
         elif name == "counting":
             targets.append({"points": xy.tolist()})
-            completions += ["<|object_ref_start|>a<|object_ref_end|>" + "".join(
-                f"<|box_start|>({x},{y}),({x + 4},{y + 2})<|box_end|>" for x, y in xy[: rng.integers(1, n + 1)])
-                + "<|im_end|>" for _ in range(group)]
+            spans = [f"<|box_start|>({x},{y}),({x + 4},{y + 2})<|box_end|>" for x, y in xy]
+            completions += ["<|object_ref_start|>a<|object_ref_end|>"
+                            + "".join(spans[: rng.integers(1, n + 1)]) + "<|im_end|>"
+                            for _ in range(group)]
         elif name == "ocr":
             text = "".join(rng.choice(list("abc d"), int(rng.integers(1, 16))))
             targets.append({"text": text})
             completions += [text[: rng.integers(0, len(text) + 1)] for _ in range(group)]
         elif name == "detection":
             targets.append({"boxes": boxes.tolist(), "labels": ["person"] * n})
-            completions += [json.dumps([{"bbox_2d": b.tolist(), "label": "person"}
-                                        for b in boxes[: rng.integers(0, n + 1)]]) for _ in range(group)]
+            items = [{"bbox_2d": b.tolist(), "label": "person"} for b in boxes]
+            completions += [json.dumps(items[: rng.integers(0, n + 1)]) for _ in range(group)]
         else:
             targets.append({"boxes": boxes.tolist()})
             completions += ["<think>.</think><look>[]</look><answer>" + json.dumps(
@@ -86,7 +87,8 @@ def test_errors_are_reported_clearly():
     with pytest.raises(ValueError, match="group_size"):
         rewards.score("ocr", ["x", "y", "z"], [{"text": "x"}], group_size=2)
     with pytest.raises(ValueError, match="4-number"):
-        rewards.score("detection", ["[]"], [{"boxes": [[1, 2, 3]], "labels": ["dog"]}], group_size=1)
+        rewards.score("detection", ["[]"], [{"boxes": [[1, 2, 3]], "labels": ["dog"]}],
+                      group_size=1)
 
 
 def test_value_ranges_follow_the_config():

@@ -49,7 +49,7 @@ def make_completion(rng, points):
     """Well-formed, near-miss, empty and malformed counting completions."""
     kind = rng.integers(10)
     n = max(0, len(points) + int(rng.integers(-2, 3)))
-    picks = [points[i % len(points)] if len(points) else (500, 500) for i in rng.permutation(max(n, 1))[:n]]
+    picks = [points[i % len(points)] if points else (500, 500) for i in rng.permutation(n)]
     spans = []
     for x, y in picks:
         x, y = x + int(rng.integers(-30, 31)), y + int(rng.integers(-30, 31))
@@ -60,7 +60,8 @@ def make_completion(rng, points):
     if kind <= 2:
         return head + body + "<|im_end|>"
     if kind == 3:  # decimals, spaces, an unparseable span, trailing tokens
-        return head + body.replace(",", " , ", 2) + "<|box_start|>(1,2)<|box_end|><|im_end|><|endoftext|>"
+        broken = "<|box_start|>(1,2)<|box_end|>"
+        return head + body.replace(",", " , ", 2) + broken + "<|im_end|><|endoftext|>"
     if kind == 4:  # the gate fails but spans parse
         return "Here: " + head + body + "<|im_end|>"
     if kind == 5:  # no im_end / no spans

@@ -11,7 +11,8 @@ from perception_rl.rewards.detection import COCO_CLASSES
 
 
 def iou(a, b, eps=1e-8):
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    inter = w * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / (union + eps) if union + eps > 0 else 0.0, union
 
@@ -110,7 +111,8 @@ def make_completion(rng, target):
     rng.shuffle(items)
     if kind in (3, 4, 5):
         for _ in range(int(rng.integers(1, 4))):
-            items.insert(int(rng.integers(0, len(items) + 1)), BAD_ELEMENTS[rng.integers(len(BAD_ELEMENTS))])
+            bad = BAD_ELEMENTS[rng.integers(len(BAD_ELEMENTS))]
+            items.insert(int(rng.integers(0, len(items) + 1)), bad)
     text = json.dumps(items)
     if kind == 0:
         return "```json\n" + text + "\n```"
@@ -122,7 +124,8 @@ def make_completion(rng, target):
             '{"bbox_2d": [1, 1, Infinity, 3], "label": "cat"}]',
             '{"bbox_2d": [1, 1, 1' + "0" * 400 + ', 3], "label": "cat"}]'])
     if kind == 7:  # invalid JSON: truncated, trailing prose, a dict
-        return rng.choice([text[: len(text) // 2], text + " Done.", json.dumps({"bbox_2d": [1, 2, 3, 4]})])
+        a_dict = json.dumps({"bbox_2d": [1, 2, 3, 4]})
+        return rng.choice([text[: len(text) // 2], text + " Done.", a_dict])
     if kind == 8:
         return rng.choice(["", "[]", "```json\n[]\n```", "null", "[[[[]]]]"])
     return text
@@ -164,7 +167,8 @@ def test_known_values_and_fixed_bugs():
 def test_custom_vocabulary_and_unknown_target_label():
     vocab = ("person", "car")
     t = [{"boxes": [[0, 0, 10, 10]], "labels": ["car"]}]
-    c = json.dumps([{"bbox_2d": [0, 0, 10, 10], "label": "car"}, {"bbox_2d": [0, 0, 1, 1], "label": "dog"}])
+    c = json.dumps([{"bbox_2d": [0, 0, 10, 10], "label": "car"},
+                    {"bbox_2d": [0, 0, 1, 1], "label": "dog"}])
     assert rewards.score("detection", [c], t, group_size=1, vocabulary=vocab)[0] == pytest.approx(
         reference(c, t[0], vocabulary=vocab), abs=1e-6)
     with pytest.raises(ValueError, match="vocabulary"):

@@ -60,7 +60,7 @@ def reference_group(texts, target, w_p=0.4, w_r=0.6, max_look=8):
         answer_ok, answers, answer_all = box_list(block(body, "answer"))
         _, looks, look_all = box_list(block(body, "look"))
         once = all(body.count(f"<{t}>") == 1 and body.count(f"</{t}>") == 1 for t in TAGS)
-        fmt = bool(once and re.fullmatch(STRUCTURE, body, re.S) and answer_all and look_all)
+        fmt = bool(once and re.fullmatch(STRUCTURE, body, re.DOTALL) and answer_all and look_all)
         rollouts.append((fmt, answer_ok, answers, looks[:max_look]))
     hits = np.array([[any(iou(a, g) >= 0.5 for a in r[2]) for g in gt] for r in rollouts], float)
     rate = hits.mean(0) if gt else np.zeros(0)
@@ -71,7 +71,8 @@ def reference_group(texts, target, w_p=0.4, w_r=0.6, max_look=8):
         look = float((u * covered).sum() / u.sum()) if u.sum() > 0 else 0.0
         counted = [a for a in answers if any(iou(a, g) >= 0.5 for g in gt)
                    or not any(area(a) > 0 and overlap(a, z) / area(a) >= 0.5 for z in ignore)]
-        adjacency = np.array([[iou(a, g) >= 0.5 for g in gt] for a in answers], float).reshape(len(answers), len(gt))
+        adjacency = np.array([[iou(a, g) >= 0.5 for g in gt] for a in answers], float)
+        adjacency = adjacency.reshape(len(answers), len(gt))
         rows, cols = linear_sum_assignment(-adjacency) if adjacency.size else ([], [])
         m = adjacency[rows, cols].sum() if adjacency.size else 0
         if not answer_ok:
@@ -90,12 +91,13 @@ def make_completion(rng, target):
     def boxes(p, jitter):
         chosen = [b for b in gt if rng.random() < p]
         chosen += [[5, 5, 30, 40]] * int(rng.random() < 0.2)  # a false positive
-        return [{"bbox_2d": (np.array(b) + rng.normal(0, jitter, 4)).round(1).tolist(), "label": "person"}
-                for b in chosen]
+        moved = [(np.array(b) + rng.normal(0, jitter, 4)).round(1).tolist() for b in chosen]
+        return [{"bbox_2d": b, "label": "person"} for b in moved]
     look = json.dumps(boxes(0.4, 3.0))
     answer = json.dumps(boxes(rng.choice([0.5, 0.9]), rng.choice([2.0, 25.0])))
     kind = rng.integers(12)
-    text = f"<think>Crowded, some people overlap.</think>\n<look>{look}</look>\n<answer>{answer}</answer>"
+    text = (f"<think>Crowded, some people overlap.</think>\n<look>{look}</look>\n"
+            f"<answer>{answer}</answer>")
     if kind == 0:
         return text + "<|im_end|>"
     if kind == 1:  # tags out of order / duplicated / missing
@@ -120,7 +122,8 @@ def test_matches_reference_on_generated_groups():
     for _ in range(num_prompts):
         n = int(rng.integers(0, 10))
         xy = rng.uniform(40, 500, (n, 2)).round(1)
-        target = {"boxes": np.concatenate([xy, xy + rng.uniform(15, 90, (n, 2)).round(1)], 1).tolist()}
+        wh = rng.uniform(15, 90, (n, 2)).round(1)
+        target = {"boxes": np.concatenate([xy, xy + wh], 1).tolist()}
         if rng.random() < 0.5:
             target["ignore"] = [[0, 0, 60, 60]]
         targets.append(target)
@@ -154,5 +157,6 @@ def test_empty_sets_and_ignore_regions():
     texts = [ok.format("[]"), ok.format('[{"bbox_2d": [10, 10, 20, 20]}]'),
              ok.format('[{"bbox_2d": [100, 100, 120, 120]}]'), "<answer>oops</answer>"]
     parts = rewards.score_components("dip", texts, t * 4, group_size=1)
-    np.testing.assert_allclose(parts["accuracy"], [1, 1, 0, 0])  # the 2nd box is in the ignore region
+    # The 2nd completion's box lies in the ignore region, so it is not a false positive.
+    np.testing.assert_allclose(parts["accuracy"], [1, 1, 0, 0])
     np.testing.assert_allclose(parts["format"], [1, 1, 1, 0])

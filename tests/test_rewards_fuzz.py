@@ -12,7 +12,8 @@ TARGETS = {
     "grounding": {"box": [100, 100, 300, 400]},
     "counting": {"points": [[10, 20], [500, 500], [999, 0]]},
     "ocr": {"text": "Hello  wörld 中文\n"},
-    "detection": {"boxes": [[10, 10, 50, 80], [0, 0, 640, 480]], "labels": ["person", "toothbrush"]},
+    "detection": {"boxes": [[10, 10, 50, 80], [0, 0, 640, 480]],
+                  "labels": ["person", "toothbrush"]},
     "dip": {"boxes": [[10, 10, 50, 80], [60, 10, 90, 80]], "ignore": [[0, 0, 5, 5]]},
 }
 FRAGMENTS = [
@@ -28,8 +29,9 @@ numbers = st.one_of(
 ).map(str)
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), st.text(max_size=8)),
-    lambda children: st.one_of(st.lists(children, max_size=5),
-                               st.dictionaries(st.sampled_from(["bbox_2d", "label", "x"]), children, max_size=3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.dictionaries(st.sampled_from(["bbox_2d", "label", "x"]), children, max_size=3)),
     max_leaves=20,
 ).map(json.dumps)
 texts = st.one_of(

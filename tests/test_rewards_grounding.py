@@ -54,9 +54,12 @@ def make_completion(rng, gt):
     if kind == 2:  # spaces and decimals inside the box
         return good.replace(box, f"( {x1}.5 , {y1} ), ({x2}, {y2}.25 )")
     if kind == 3:  # missing end token / missing reference
-        return good.replace("<|im_end|>", "") if rng.random() < 0.5 else good[good.index("<|box_start|>"):]
+        if rng.random() < 0.5:
+            return good.replace("<|im_end|>", "")
+        return good[good.index("<|box_start|>"):]
     if kind == 4:  # inverted or negative box
-        return good.replace(box, f"({x2},{y2}),({x1},{y1})" if rng.random() < 0.5 else f"(-{x1},{y1}),({x2},{y2})")
+        inverted, negative = f"({x2},{y2}),({x1},{y1})", f"(-{x1},{y1}),({x2},{y2})"
+        return good.replace(box, inverted if rng.random() < 0.5 else negative)
     if kind == 5:
         return f"The box is [{x1}, {y1}, {x2}, {y2}] and (1,2),(3,4)."
     if kind == 6:

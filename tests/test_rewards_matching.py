@@ -11,7 +11,8 @@ from perception_rl.rewards import boxes, matching
 def brute_force_min_cost(cost):
     n, m = cost.shape
     if n <= m:
-        return min(sum(cost[i, p[i]] for i in range(n)) for p in itertools.permutations(range(m), n))
+        perms = itertools.permutations(range(m), n)
+        return min(sum(cost[i, p[i]] for i in range(n)) for p in perms)
     return brute_force_min_cost(cost.T)
 
 
@@ -22,7 +23,8 @@ def test_hungarian_is_optimal_on_the_valid_block_only():
     assignment = matching.hungarian(cost, rows, cols)
     for b in range(40):
         a = assignment[b]
-        assert a.sum() == min(rows[b], cols[b]) and not a[rows[b]:].any() and not a[:, cols[b]:].any()
+        assert a.sum() == min(rows[b], cols[b])
+        assert not a[rows[b]:].any() and not a[:, cols[b]:].any()
         assert (a.sum(0) <= 1).all() and (a.sum(1) <= 1).all()
         if a.any():
             best = brute_force_min_cost(cost[b, :rows[b], :cols[b]].astype(np.float64))
@@ -42,7 +44,8 @@ def test_sequential_and_maximum_matching():
     got = matching.maximum_matching(adjacency, np.full(50, 5), np.full(50, 6))
     assert (got <= adjacency).all()
     for b in range(50):  # size equals the brute-force maximum
-        best = max(sum(adjacency[b, i, p[i]] for i in range(5)) for p in itertools.permutations(range(6), 5))
+        perms = itertools.permutations(range(6), 5)
+        best = max(sum(adjacency[b, i, p[i]] for i in range(5)) for p in perms)
         assert got[b].sum() == best
 
 

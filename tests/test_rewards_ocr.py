@@ -45,8 +45,13 @@ def test_matches_rapidfuzz_on_generated_text(collapse):
     for t in targets:
         for g in range(group):
             kind = g % 4
-            completions.append(t["text"] if kind == 0 else near_miss(rng, t["text"]) if kind == 1
-                               else "" if rng.random() < 0.1 else random_text(rng, int(rng.integers(0, 80))))
+            if kind == 0:
+                completions.append(t["text"])
+            elif kind == 1:
+                completions.append(near_miss(rng, t["text"]))
+            else:
+                n = 0 if rng.random() < 0.1 else int(rng.integers(0, 80))
+                completions.append(random_text(rng, n))
     got = rewards.score("ocr", completions, targets, group_size=group, collapse_whitespace=collapse)
     want = [reference(c, targets[i // group]["text"], collapse) for i, c in enumerate(completions)]
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
@@ -61,7 +66,8 @@ def test_levenshtein_kernel_matches_rapidfuzz(shapes):
     b = rng.integers(0, 4, (200, lb)).astype(np.int32)
     len_a, len_b = rng.integers(0, la + 1, 200), rng.integers(0, lb + 1, 200)
     got = np.asarray(ocr.levenshtein(a, len_a.astype(np.int32), b, len_b.astype(np.int32)))
-    want = [Levenshtein.distance(list(x[:n]), list(y[:m])) for x, n, y, m in zip(a, len_a, b, len_b)]
+    want = [Levenshtein.distance(list(x[:n]), list(y[:m]))
+            for x, n, y, m in zip(a, len_a, b, len_b)]
     np.testing.assert_array_equal(got, want)
 
 

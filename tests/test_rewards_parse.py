@@ -22,9 +22,12 @@ def test_pack_pads_caps_and_keeps_order():
 
 def test_json_boxes_validity_counts_and_cap():
     texts = [
-        '```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "dog"}, {"bbox_2d": [5, 5, 4, 9], "label": "dog"},'
-        ' {"bbox_2d": [1, 2, 3, 4], "label": "cat"}, {"bbox_2d": [1, 2, 3, "4"], "label": "dog"}]\n```',
-        '[{"bbox_2d": [0, 0, 1e400, 1], "label": "person"}, {"bbox_2d": [0, 0, NaN, 1], "label": "dog"}]',
+        ('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "dog"},'
+         ' {"bbox_2d": [5, 5, 4, 9], "label": "dog"},'
+         ' {"bbox_2d": [1, 2, 3, 4], "label": "cat"},'
+         ' {"bbox_2d": [1, 2, 3, "4"], "label": "dog"}]\n```'),
+        ('[{"bbox_2d": [0, 0, 1e400, 1], "label": "person"},'
+         ' {"bbox_2d": [0, 0, NaN, 1], "label": "dog"}]'),
         '{"bbox_2d": [1, 2, 3, 4], "label": "dog"}',
         "[" + ", ".join(['{"bbox_2d": [0, 0, 1, 1], "label": "person"}'] * 20) + "]<|im_end|>",
         None,
@@ -62,10 +65,13 @@ def test_first_box_precedence(text, box):
 
 
 def test_grounding_format_modes():
-    good = "<|object_ref_start|>a dog<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|><|im_end|>"
+    good = ("<|object_ref_start|>a dog<|object_ref_end|>"
+            "<|box_start|>(1,2),(3,4)<|box_end|><|im_end|>")
     texts = [good, good.replace("<|im_end|>", ""), "x" + good, "box_start whatever", ">"]
-    np.testing.assert_array_equal(parse.grounding_format(texts, "strict", rows=6), [1, 0, 0, 0, 0, 0])
-    np.testing.assert_array_equal(parse.grounding_format(texts, "pr1_lenient", rows=5), [1, 1, 0, 1, 1])
+    strict = parse.grounding_format(texts, "strict", rows=6)
+    lenient = parse.grounding_format(texts, "pr1_lenient", rows=5)
+    np.testing.assert_array_equal(strict, [1, 0, 0, 0, 0, 0])  # the padding row is 0
+    np.testing.assert_array_equal(lenient, [1, 1, 0, 1, 1])
 
 
 def test_counting_gate():

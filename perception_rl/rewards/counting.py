@@ -58,7 +58,7 @@ def counting_terms(pred_boxes: jax.Array, num_pred: jax.Array, gt_points: jax.Ar
     """Array part of the reward, given the host-side ``assignment`` (bool ``[B, N, M]``).
 
     Returns:
-      ``format``, ``count_ratio``, ``distance`` (the ``max(0, 1 - d/scale)`` factor) and
+      ``format``, ``count_ratio``, ``closeness`` (the ``max(0, 1 - d/scale)`` factor) and
       ``total``, each ``[B]``.
     """
     dist = distance_matrix(pred_boxes, gt_points)
@@ -68,7 +68,7 @@ def counting_terms(pred_boxes: jax.Array, num_pred: jax.Array, gt_points: jax.Ar
     num_pred, num_gt = num_pred.astype(jnp.float32), num_gt.astype(jnp.float32)
     ratio = boxes.safe_div(jnp.minimum(num_pred, num_gt), jnp.maximum(num_pred, num_gt))
     gate = fmt * ((num_pred > 0) & (num_gt > 0))
-    return {"format": fmt, "count_ratio": ratio, "distance": closeness,
+    return {"format": fmt, "count_ratio": ratio, "closeness": closeness,
             "total": gate * ratio * closeness}
 
 

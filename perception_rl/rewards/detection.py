@@ -86,13 +86,13 @@ class DetectionConfig:
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def matching_cost(pred: jax.Array, pred_labels: jax.Array, gt: jax.Array, gt_labels: jax.Array,
+def matching_cost(pred: parse.BoxSet, gt: jax.Array, gt_labels: jax.Array,
                   config: DetectionConfig) -> jax.Array:
     """DETR matching cost ``[B, N, M]`` between padded predictions and ground truth."""
-    p, g = boxes.pairs(pred, gt)
+    p, g = boxes.pairs(pred.boxes, gt)
     # softmax of a one-hot logit row over K classes: e/(e+K-1) at the hot class, 1/(e+K-1) else.
     denominator = math.e + len(config.vocabulary) - 1
-    same = pred_labels[:, :, None] == gt_labels[:, None, :]
+    same = pred.labels[:, :, None] == gt_labels[:, None, :]
     class_prob = jnp.where(same, math.e / denominator, 1.0 / denominator)
     return (config.cost_l1 * boxes.l1(boxes.to_cxcywh(p), boxes.to_cxcywh(g))
             - config.cost_class * class_prob
@@ -100,8 +100,7 @@ def matching_cost(pred: jax.Array, pred_labels: jax.Array, gt: jax.Array, gt_lab
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def detection_terms(pred: jax.Array, pred_labels: jax.Array, num_pred: jax.Array,
-                    fmt: jax.Array, gt: jax.Array, gt_labels: jax.Array, num_gt: jax.Array,
+def detection_terms(pred: parse.BoxSet, gt: jax.Array, gt_labels: jax.Array,
                     assignment: jax.Array, config: DetectionConfig) -> dict[str, jax.Array]:
     """Array part of the reward, given the host-side ``assignment`` (bool ``[B, N, M]``).
 
@@ -109,14 +108,16 @@ def detection_terms(pred: jax.Array, pred_labels: jax.Array, num_pred: jax.Array
       Unweighted terms ``format`` (valid fraction), ``f1``, ``class_accuracy``, ``mean_iou``,
       ``missing`` (FP + FN rates) — zero where not applied — and the clipped ``total``, ``[B]``.
     """
-    iou = boxes.iou(*boxes.pairs(pred, gt), config.box_eps)
+    num_pred = pred.num_valid.astype(jnp.float32)
+    num_gt = (gt_labels >= 0).sum(1).astype(jnp.float32)
+    fmt = jnp.where(num_pred > 0, num_pred / jnp.maximum(pred.num_elements, 1), 0.0)
+    iou = boxes.iou(*boxes.pairs(pred.boxes, gt), config.box_eps)
     kept = assignment & (iou > config.match_iou)
     m = kept.sum((1, 2)).astype(jnp.float32)
-    num_pred, num_gt = num_pred.astype(jnp.float32), num_gt.astype(jnp.float32)
     scored = m > 0  # PR1 returns the format term alone when nothing matched
     precision, recall = boxes.safe_div(m, num_pred), boxes.safe_div(m, num_gt)
     f1 = 2 * precision * recall / (precision + recall + config.f1_eps)
-    same = pred_labels[:, :, None] == gt_labels[:, None, :]
+    same = pred.labels[:, :, None] == gt_labels[:, None, :]
     class_acc = boxes.safe_div((kept & same).sum((1, 2)), m)
     mean_iou = boxes.safe_div(jnp.where(kept, iou, 0).sum((1, 2)), m)
     missing = boxes.safe_div(num_pred - m, num_pred) + boxes.safe_div(num_gt - m, num_gt)
@@ -139,7 +140,7 @@ def ground_truth(targets: Sequence[Mapping], config: DetectionConfig) -> tuple[l
     gt_labels = []
     for i, (target, b) in enumerate(zip(targets, gt_boxes)):
         labels = list(target["labels"])
-        if len(labels) != len(b) or any(label not in index for label in labels):
+        if len(labels) != len(b) or not set(labels) <= index.keys():
             raise ValueError(f"targets[{i}]: labels must be {len(b)} names from the vocabulary, "
                              f"got {labels!r}")
         gt_labels.append(np.array([index[label] for label in labels], np.float64).reshape(-1, 1))
@@ -155,11 +156,8 @@ def detection(completions: Sequence[str], targets: Sequence[Mapping], *, group_s
     gt_boxes, gt_labels = ground_truth(targets, config)
     gt, gt_valid = layout.per_completion(gt_boxes, group_size, rows, width=4)
     labels, _ = layout.per_completion(gt_labels, group_size, rows, width=1)
-    labels = np.where(gt_valid, labels[..., 0], -1).astype(np.int32)
-    num_gt = gt_valid.sum(1)
-    cost = np.asarray(matching_cost(pred.boxes, pred.labels, gt, labels, config))
-    assignment = matching.hungarian(cost, pred.valid.sum(1), num_gt)
-    fmt = np.where(pred.num_valid > 0, pred.num_valid / np.maximum(pred.num_elements, 1), 0.0)
-    terms = detection_terms(pred.boxes, pred.labels, pred.num_valid, fmt.astype(np.float32),
-                            gt, labels, num_gt, assignment, config)
+    labels = np.where(gt_valid, labels[..., 0], -1).astype(np.int32)  # -1 marks padding
+    cost = np.asarray(matching_cost(pred, gt, labels, config))
+    assignment = matching.hungarian(cost, pred.valid.sum(1), gt_valid.sum(1))
+    terms = detection_terms(pred, gt, labels, assignment, config)
     return {k: np.asarray(v) for k, v in terms.items()}

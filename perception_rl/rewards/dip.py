@@ -81,8 +81,7 @@ def hit_matrix(answer: jax.Array, answer_valid: jax.Array, gt: jax.Array, gt_val
 
 
 @functools.partial(jax.jit, static_argnames=("group_size", "config"))
-def dip_terms(answer: jax.Array, answer_valid: jax.Array, num_answers: jax.Array,
-              answer_ok: jax.Array, look: jax.Array, look_valid: jax.Array, gt: jax.Array, gt_valid: jax.Array,
+def dip_terms(answer: parse.BoxSet, look: parse.BoxSet, gt: jax.Array, gt_valid: jax.Array,
               ignore: jax.Array, ignore_valid: jax.Array, matched: jax.Array, fmt: jax.Array,
               group_size: int, config: DipConfig) -> dict[str, jax.Array]:
     """Array part of the reward, given the host-side maximum matching ``matched`` ``[B, N, M]``.
@@ -92,23 +91,23 @@ def dip_terms(answer: jax.Array, answer_valid: jax.Array, num_answers: jax.Array
     Returns:
       ``format``, ``look``, ``precision``, ``recall``, ``accuracy`` and ``total``, each ``[B]``.
     """
-    hits = hit_matrix(answer, answer_valid, gt, gt_valid, config.match_iou)
+    hits = hit_matrix(answer.boxes, answer.valid, gt, gt_valid, config.match_iou)
     # Variance over the group of each instance's hit indicator.
     found = hits.any(1).astype(jnp.float32).reshape(-1, group_size, gt.shape[1])
     rate = found.mean(1, keepdims=True)
     variance = jnp.broadcast_to(rate * (1 - rate), found.shape).reshape(gt_valid.shape)
     weight = jnp.where(gt_valid & (variance > config.min_variance), variance, 0.0)
-    covered = hit_matrix(look, look_valid, gt, gt_valid, config.look_iou).any(1)
+    covered = hit_matrix(look.boxes, look.valid, gt, gt_valid, config.look_iou).any(1)
     look_reward = boxes.safe_div((weight * covered).sum(1), weight.sum(1))
 
-    in_ignore = (boxes.ioa(*boxes.pairs(answer, ignore)) >= config.ignore_ioa) & ignore_valid[:, None, :]
-    dropped = answer_valid & ~hits.any(2) & in_ignore.any(2)
-    num_pred = (num_answers - dropped.sum(1)).astype(jnp.float32)
+    inside = boxes.ioa(*boxes.pairs(answer.boxes, ignore)) >= config.ignore_ioa
+    dropped = answer.valid & ~hits.any(2) & (inside & ignore_valid[:, None, :]).any(2)
+    num_pred = (answer.num_valid - dropped.sum(1)).astype(jnp.float32)
     num_gt = gt_valid.sum(1).astype(jnp.float32)
     m = matched.sum((1, 2)).astype(jnp.float32)
     both_empty = (num_pred == 0) & (num_gt == 0)
-    precision = jnp.where(both_empty, 1.0, boxes.safe_div(m, num_pred)) * answer_ok
-    recall = jnp.where(both_empty, 1.0, boxes.safe_div(m, num_gt)) * answer_ok
+    precision = jnp.where(both_empty, 1.0, boxes.safe_div(m, num_pred)) * answer.parsed
+    recall = jnp.where(both_empty, 1.0, boxes.safe_div(m, num_gt)) * answer.parsed
     accuracy = config.precision_weight * precision + config.recall_weight * recall
     total = (config.format_weight * fmt + config.look_weight * look_reward
              + config.accuracy_weight * accuracy)
@@ -120,18 +119,19 @@ def dip(completions: Sequence[str], targets: Sequence[Mapping], *, group_size: i
         config: DipConfig) -> dict[str, np.ndarray]:
     """DIP-R1 reward components over ``rows`` padded completions (see module doc)."""
     blocks = parse.tagged_blocks(completions, TAGS, rows=rows)
-    kwargs = dict(rows=rows, max_abs=config.max_abs_coordinate)
-    answer = parse.json_boxes(blocks.contents["answer"], max_boxes=config.max_boxes, **kwargs)
-    look = parse.json_boxes(blocks.contents["look"], max_boxes=config.max_look_boxes, **kwargs)
-    all_valid = [s.parsed & (s.num_valid == s.num_elements) for s in (answer, look)]
-    fmt = blocks.strict & all_valid[0] & all_valid[1]
-    gt, gt_valid = layout.per_completion(layout.target_rows(targets, "boxes", 4), group_size, rows,
-                                          width=4)
+    sets = {tag: parse.json_boxes(blocks.contents[tag], rows=rows, max_boxes=cap,
+                                  max_abs=config.max_abs_coordinate)
+            for tag, cap in (("answer", config.max_boxes), ("look", config.max_look_boxes))}
+    fmt = blocks.strict.copy()
+    for s in sets.values():
+        fmt &= s.parsed & (s.num_valid == s.num_elements)
+    gt, gt_valid = layout.per_completion(layout.target_rows(targets, "boxes", 4), group_size,
+                                         rows, width=4)
     ignore, ignore_valid = layout.per_completion(
         layout.target_rows(targets, "ignore", 4, required=False), group_size, rows, width=4)
+    answer = sets["answer"]
     hits = hit_matrix(answer.boxes, answer.valid, gt, gt_valid, config.match_iou)
     matched = matching.maximum_matching(np.asarray(hits), answer.valid.sum(1), gt_valid.sum(1))
-    terms = dip_terms(answer.boxes, answer.valid, answer.num_valid, answer.parsed, look.boxes, look.valid, gt,
-                      gt_valid, ignore, ignore_valid, matched, fmt.astype(np.float32),
-                      group_size, config)
+    terms = dip_terms(answer, sets["look"], gt, gt_valid, ignore, ignore_valid, matched,
+                      fmt.astype(np.float32), group_size, config)
     return {k: np.asarray(v) for k, v in terms.items()}

@@ -65,7 +65,8 @@ def grounding(completions: Sequence[str], targets: Sequence[Mapping], *, group_s
               rows: int, config: GroundingConfig) -> dict[str, np.ndarray]:
     """Grounding reward components over ``rows`` padded completions (see module doc)."""
     pred = parse.first_box(completions, rows=rows, max_abs=config.max_abs_coordinate)
-    fmt = parse.grounding_format(completions, config.format_check, rows=rows)
+    fmt = parse.grounding_format(completions, config.format_check, rows=rows,
+                                 max_abs=config.max_abs_coordinate)
     gt, _ = layout.per_completion(layout.target_rows(targets, "box", 4), group_size, rows,
                                   width=4, minimum=1)
     terms = grounding_terms(pred.boxes, pred.valid, gt[:, 0], fmt, config)

@@ -37,7 +37,8 @@ def hungarian(cost: np.ndarray, num_rows: np.ndarray, num_cols: np.ndarray) -> n
     return assignment
 
 
-def sequential(shape: tuple[int, int, int], num_rows: np.ndarray, num_cols: np.ndarray) -> np.ndarray:
+def sequential(shape: tuple[int, int, int], num_rows: np.ndarray,
+               num_cols: np.ndarray) -> np.ndarray:
     """Index-order matching (row i to column i): PR1's "w/o reward matching" ablation.
 
     Returns:
@@ -51,7 +52,8 @@ def sequential(shape: tuple[int, int, int], num_rows: np.ndarray, num_cols: np.n
     return assignment
 
 
-def maximum_matching(adjacency: np.ndarray, num_rows: np.ndarray, num_cols: np.ndarray) -> np.ndarray:
+def maximum_matching(adjacency: np.ndarray, num_rows: np.ndarray,
+                     num_cols: np.ndarray) -> np.ndarray:
     """Maximum-cardinality matching restricted to ``adjacency`` (bool ``[B, N, M]``).
 
     Its size is unique even when the matching is not, so rewards built on the count do not

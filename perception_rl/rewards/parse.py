@@ -11,11 +11,13 @@ bucket instead of once per batch. Packed sets keep their valid elements first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 
 MIN_BUCKET = 8  # smallest padded set size; fewer distinct shapes means fewer compilations
@@ -60,9 +62,14 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     return 1 << (n - 1).bit_length()
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["boxes", "valid", "labels", "num_valid", "num_elements", "parsed"],
+                   meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class BoxSet:
     """Boxes parsed from a batch of completions, padded to ``[rows, N, 4]``.
+
+    A pytree, so jitted reward code takes it whole.
 
     Attributes:
       boxes: float32 ``[rows, N, 4]`` as (x1, y1, x2, y2); valid boxes first, zeros after.
@@ -195,6 +202,8 @@ def _pad(x: np.ndarray, rows: int) -> np.ndarray:
 
 def strip_end_tokens(text: str) -> str:
     """Removes trailing whitespace and end-of-turn special tokens (``<|im_end|>`` etc.)."""
+    if not text or (text[-1] != ">" and not text[-1].isspace()):
+        return text  # the common case, without a scan
     end = len(text)
     while True:
         while end and text[end - 1].isspace():
@@ -213,7 +222,9 @@ def load_json_list(text: str) -> list | None:
     (to non-finite floats that the box checks reject); integers longer than Python's
     int-string limit make the JSON invalid.
     """
-    body = strip_end_tokens(text.replace("```json", "").replace("```", ""))
+    if "```" in text:
+        text = text.replace("```json", "").replace("```", "")
+    body = strip_end_tokens(text)
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
@@ -314,14 +325,16 @@ def first_box(texts: Sequence[str], *, rows: int, max_abs: float) -> BoxSet:
     )
 
 
-def grounding_format(texts: Sequence[str], mode: str, *, rows: int) -> np.ndarray:
+def grounding_format(texts: Sequence[str], mode: str, *, rows: int,
+                     max_abs: float = np.inf) -> np.ndarray:
     """Grounding format flags, float32 ``[rows]`` in {0, 1} (0 on padding rows).
 
     Modes:
       ``strict``: the text (``<|endoftext|>`` removed) starts with the full Qwen2-VL template
         ``<|object_ref_start|>…<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|><|im_end|>``.
       ``json``: Qwen2.5-VL, the text (code fences tolerated) is a non-empty JSON list of
-        ``{"bbox_2d": [x1, y1, x2, y2], ...}`` objects, every box valid.
+        ``{"bbox_2d": [x1, y1, x2, y2], ...}`` objects, every box valid (`box_is_valid`
+        with ``max_abs``).
       ``pr1_lenient``: PR1's released (unescaped) regex: the text starts with ``<``, ``>`` or one
         of the special-token names.
     """
@@ -331,7 +344,7 @@ def grounding_format(texts: Sequence[str], mode: str, *, rows: int) -> np.ndarra
     elif mode == "pr1_lenient":
         flags = [t.startswith(_PR1_LENIENT_PREFIXES) for t in texts]
     elif mode == "json":
-        found = json_boxes(texts, rows=len(texts), max_boxes=1, max_abs=np.inf)
+        found = json_boxes(texts, rows=len(texts), max_boxes=1, max_abs=max_abs)
         flags = (found.num_elements > 0) & (found.num_valid == found.num_elements)
     else:
         raise ValueError(f"unknown grounding format_check {mode!r}; "
@@ -374,8 +387,8 @@ def tagged_blocks(texts: Sequence[str], tags: Sequence[str], *, rows: int) -> Bl
             spans.append((start, end + len(tag) + 3) if end >= 0 else None)
         once = all(body.count(f"<{t}>") == 1 and body.count(f"</{t}>") == 1 for t in tags)
         if once and None not in spans:
-            gaps = [body[a[1]:b[0]] for a, b in zip(spans, spans[1:])]
-            in_order = all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+            gaps = [body[a[1]:b[0]] for a, b in itertools.pairwise(spans)]
+            in_order = all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
             strict[i] = (in_order and spans[0][0] == 0 and spans[-1][1] == len(body)
                          and all(not g or g.isspace() for g in gaps))
     return Blocks(strict=strict, contents=contents)
@@ -386,7 +399,8 @@ def collapse_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
-def code_points(texts: Sequence[str], *, rows: int, max_chars: int) -> tuple[np.ndarray, np.ndarray]:
+def code_points(texts: Sequence[str], *, rows: int,
+                max_chars: int) -> tuple[np.ndarray, np.ndarray]:
     """Unicode code points of each text, truncated to ``max_chars`` and padded.
 
     Returns:
@@ -394,8 +408,8 @@ def code_points(texts: Sequence[str], *, rows: int, max_chars: int) -> tuple[np.
       -1) and int32 ``[rows]`` *full* lengths (before truncation).
     """
     # surrogatepass: lone surrogates are legal in a Python str and become their own code point.
-    arrays = [np.frombuffer(t.encode("utf-32-le", "surrogatepass"), "<u4").astype(np.int64)[:, None]
+    arrays = [np.frombuffer(t[:max_chars].encode("utf-32-le", "surrogatepass"), "<u4")[:, None]
               for t in texts]
-    values, valid = pack(arrays, rows, width=1, cap=max_chars, minimum=16, dtype=np.int32)
+    values, valid = pack(arrays, rows, width=1, minimum=16, dtype=np.int32)
     codes = np.where(valid, values[..., 0], -1).astype(np.int32)
     return codes, _pad(np.array([len(t) for t in texts], np.int32), rows)

@@ -60,7 +60,7 @@ def score_components(name: str, completions: Sequence[str], targets: Sequence[Ma
 
     Args:
       name: a key of `REWARDS` (``grounding``, ``counting``, ``ocr``, ``detection``, ``dip``).
-      completions: decoded completions, prompt-major (the G rollouts of prompt 0, then of
+      completions: decoded completion strings, prompt-major (the G rollouts of prompt 0, then of
         prompt 1, ...).
       targets: one dict per prompt, in the policy's output coordinates (see each module).
       group_size: G, the rollouts per prompt.
@@ -70,7 +70,7 @@ def score_components(name: str, completions: Sequence[str], targets: Sequence[Ma
       ``{component: float32 [len(completions)]}``, always including ``"total"``.
     """
     config = make_config(name, **options)
-    completions = [str(c) for c in completions]
+    completions = list(completions)
     rows = layout.padded_rows(len(completions), len(targets), group_size)
     out = REWARDS[name].components(completions, targets, group_size=group_size, rows=rows,
                                    config=config)
