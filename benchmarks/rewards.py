@@ -26,7 +26,7 @@ from perception_rl.rewards.detection import COCO_CLASSES
 
 def make_batch(num_prompts: int, group_size: int, boxes: int, seed: int = 0):
     """Completions that jitter, drop, add and relabel ground-truth boxes, plus a few
-    malformed elements and malformed completions."""
+    malformed elements (an unknown label, a 3-number box) and truncated completions."""
     rng = np.random.default_rng(seed)
     targets, completions = [], []
     for _ in range(num_prompts):
@@ -39,7 +39,8 @@ def make_batch(num_prompts: int, group_size: int, boxes: int, seed: int = 0):
             keep = rng.random(n) > 0.15
             pred = gt[keep] + rng.normal(0, 6, (keep.sum(), 4))
             extra = rng.uniform(0, 600, (int(rng.integers(0, 4)), 2))
-            pred = np.concatenate([pred, np.concatenate([extra, extra + 50], 1)]).round(1)
+            # Qwen2.5-VL writes integer pixel coordinates; COCO ground truth has decimals.
+            pred = np.concatenate([pred, np.concatenate([extra, extra + 50], 1)]).round().astype(int)
             names = [labels[i] for i in np.flatnonzero(keep)] + ["person"] * len(extra)
             names = [COCO_CLASSES[rng.integers(80)] if rng.random() < 0.1 else s for s in names]
             items = [{"bbox_2d": b.tolist(), "label": s} for b, s in zip(pred, names)]
