@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Launch one perception_rl run on every host of a Cloud TPU pod slice.
+#
+#   TPU_NAME=my-v5e-32 ZONE=us-west4-a CONFIG=configs/smoke.py WORKDIR=gs://bucket/run1 \
+#     bash experiments/tpu_pod.sh [--config.key=value ...]
+#
+# Every worker runs the same command; `perception_rl.main` calls jax.distributed.initialize(),
+# which discovers the pod's coordinator on TPU VMs, and grain shards the data by
+# process_index::process_count. Checkpoints (orbax) and metrics go to WORKDIR, which must be
+# shared by all hosts (a gs:// path). Weights and data must already be on the hosts or in GCS:
+# nothing is downloaded at run time.
+set -euo pipefail
+: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
+REPO_DIR=${REPO_DIR:-perception_rl}
+EXTRA_ARGS=$(printf ' %q' "$@")
+
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "
+  set -e
+  cd $REPO_DIR
+  pip install -q -e . 'jax[tpu]'
+  python -m perception_rl.main --config=$CONFIG --workdir=$WORKDIR $EXTRA_ARGS
+"
