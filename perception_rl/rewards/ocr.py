@@ -3,7 +3,8 @@
     total = max(0, 1 - Levenshtein(pred, gt) / max(len(pred), len(gt)))
 
 after collapsing whitespace runs to single spaces and stripping both ends (the authors' earlier
-MMR1 reward; PR1's OCR reward itself was never released). Two empty strings score 0. The edit
+MMR1 reward; PR1's OCR reward itself was never released). ``<|endoftext|>`` tokens and trailing
+whitespace / end-of-turn tokens are not part of the prediction. Two empty strings score 0. The edit
 distance runs under jit on padded Unicode code-point arrays. Strings longer than ``max_chars``
 are scored with the upper bound ``Lev(prefixes) + max(tail lengths)``, exact when both fit,
 so an over-long output can only lose reward. Target: ``{"text": str}``. Range: [0, 1].
@@ -84,6 +85,7 @@ def ocr_terms(pred: jax.Array, pred_len: jax.Array, gt: jax.Array, gt_len: jax.A
 def ocr(completions: Sequence[str], targets: Sequence[Mapping], *, group_size: int, rows: int,
         config: OcrConfig) -> dict[str, np.ndarray]:
     """OCR reward components over ``rows`` padded completions (see module doc)."""
+    completions = [parse.strip_end_tokens(c.replace("<|endoftext|>", "")) for c in completions]
     gts = [str(t["text"]) for t in targets for _ in range(group_size)]
     if config.collapse_whitespace:
         completions = [parse.collapse_whitespace(t) for t in completions]
