@@ -1,0 +1,339 @@
+"""The GRPO (and SFT) update: one jitted program with explicit shardings on a device mesh.
+
+`TrainStep` compiles two functions for a policy graph on a ('data', 'fsdp', 'tensor') mesh:
+
+    update(state, batch) -> (state, metrics)   one optimiser update on a rollout batch
+    logprobs(params, batch) -> [B*G, T]        old-policy or frozen-reference log-probs
+
+Parameters (and the optimiser moments, which mirror them) are placed by the regex rules of
+`perception_rl.parallel`; every batch array is batch-major (see `rl.batch`) and split over
+('data', 'fsdp') by a single `NamedSharding`; metrics come back replicated. The same program
+runs on one CPU, one GPU box, or a multi-host pod: only the mesh changes.
+
+Inside the update:
+  * The prompt prefix (vision tower per prompt, image features scattered into the image slots,
+    text embeddings) is computed once per prompt, then repeated for its G completions.
+  * The decoder runs over prompt + completion; completion positions continue the prompt's
+    M-RoPE positions (last prompt position + 1 + k), as the sampler decoded them. Log-probs of
+    the completion tokens go through the chunked head (`rl.logprobs`), never [B, T, vocab].
+  * Micro-batches: the B*G rows are cut into M strided micro-batches (each still spread over
+    every batch shard) and scanned; gradients of the summable loss terms
+    (`grpo.policy_loss_terms`) are added up and divided once by the total weight, so the
+    update equals the full-batch one. The prefix is differentiated once: its cotangents are
+    collected from the micro-batches and pulled back through the vision tower at the end.
+  * A non-finite loss or gradient norm skips the update: parameters and optimiser state stay
+    untouched and `skipped` counts it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from perception_rl.models.qwen_vl.model import causal_mask
+from perception_rl.parallel import partitioning
+from perception_rl.rl import grpo
+from perception_rl.rl.logprobs import token_logprobs
+
+BATCH_AXES = ("data", "fsdp")
+LOSSES = ("grpo", "sft")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static settings of the update (changing one recompiles).
+
+    Attributes:
+        loss: "grpo" (clipped surrogate + KL) or "sft" (token-mean cross-entropy).
+        group_size: G, completions per prompt (1 for SFT).
+        beta: KL coefficient; 0 drops the reference term.
+        epsilon_low: lower clip range of the ratio.
+        epsilon_high: upper clip range; None means epsilon_low.
+        kl_estimator: "k1", "k2" or "k3".
+        loss_agg: one of `grpo.LOSS_AGGS`.
+        max_tokens_norm: Dr. GRPO's constant divisor; None means the completion length T.
+        num_micro_batches: M; the B*G rows are accumulated in M pieces.
+        logprob_chunk: sequence positions per chunk of the LM head.
+        temperature: divides the logits before the log-softmax.
+        remat: rematerialise each decoder layer in the backward pass.
+    """
+
+    loss: str = "grpo"
+    group_size: int = 8
+    beta: float = 0.04
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None
+    kl_estimator: str = "k3"
+    loss_agg: str = "seq_mean_token_mean"
+    max_tokens_norm: float | None = None
+    num_micro_batches: int = 1
+    logprob_chunk: int = 128
+    temperature: float = 1.0
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r}; expected one of {', '.join(LOSSES)}.")
+        if self.num_micro_batches < 1:
+            raise ValueError(f"num_micro_batches={self.num_micro_batches} must be >= 1.")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything the update changes.
+
+    Attributes:
+        step: updates attempted (int32).
+        skipped: updates skipped for a non-finite loss or gradient (int32).
+        params: the policy parameters, a nested dict (`nnx.State.to_pure_dict()` layout).
+        opt_state: the optax state.
+    """
+
+    step: jax.Array
+    skipped: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def learning_rate_schedule(learning_rate: float, num_updates: int, *, warmup_steps: int = 0,
+                           end_learning_rate: float = 0.0) -> optax.Schedule:
+    """Linear warmup from 0 (if any), then linear decay to `end_learning_rate`."""
+    decay = optax.linear_schedule(learning_rate, end_learning_rate,
+                                  max(num_updates - warmup_steps, 1))
+    if not warmup_steps:
+        return decay
+    warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def make_optimizer(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8, weight_decay: float = 0.0,
+                   grad_clip: float | None = 1.0) -> optax.GradientTransformation:
+    """AdamW after a global-norm clip (HF Trainer's defaults: clip 1.0, eps 1e-8, no decay)."""
+    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if grad_clip is None or grad_clip <= 0:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
+
+
+# ------------------------------------------------------------------------------------ forward
+def prompt_embeddings(model, prompts: dict[str, jax.Array]) -> jax.Array:
+    """[B, P, H] input embeddings of padded prompts, image features in their image slots.
+
+    The vision tower runs per prompt (`vmap`), so a prompt's patches attend only within their
+    own row and the computation shards with the batch.
+    """
+    ids = prompts["input_ids"]
+    embeds = model.model.embed_tokens(ids)
+    if "pixel_values" not in prompts:
+        return embeds
+    features = jax.vmap(model.image_features)(
+        prompts["pixel_values"], prompts["patch_rows"], prompts["patch_cols"],
+        prompts["frame_segments"], prompts["window_segments"])            # [B, N/4, H]
+    is_image = ids == model.config.image_token_id
+    index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+    gathered = jnp.take_along_axis(features, index[..., None], axis=1)
+    return jnp.where(is_image[..., None], gathered.astype(embeds.dtype), embeds)
+
+
+def completion_logprobs(model, prefix: jax.Array, rows: dict[str, jax.Array],
+                        config: StepConfig, *, with_entropy: bool = False):
+    """Log-probs [R, T] of completion tokens after their prompt prefix.
+
+    Args:
+        model: the merged policy.
+        prefix: [R, P, H] prompt embeddings, one row per completion.
+        rows: prompt_mask [R, P], prompt_positions [R, 3, P], tokens [R, T], mask [R, T].
+        config: chunk size, temperature and remat.
+        with_entropy: also return the per-token entropy [R, T].
+    """
+    tokens, prompt_mask = rows["tokens"], rows["prompt_mask"]
+    prompt_length, length = prefix.shape[1], tokens.shape[1]
+    embeds = jnp.concatenate([prefix, model.model.embed_tokens(tokens)], axis=1)
+    positions = rows["prompt_positions"]
+    start = jnp.max(jnp.where(prompt_mask[:, None] > 0, positions, -1), axis=(1, 2)) + 1
+    completion_positions = jnp.broadcast_to((start[:, None] + jnp.arange(length))[:, None],
+                                            (len(tokens), 3, length))
+    positions = jnp.concatenate([positions, completion_positions], axis=2).swapaxes(0, 1)
+    mask = jnp.concatenate([prompt_mask, rows["mask"].astype(prompt_mask.dtype)], axis=1)
+    hidden, _ = model.model(embeds, positions, causal_mask(mask), remat=config.remat)
+    weight, tied = model.head()
+    return token_logprobs(hidden[:, prompt_length - 1:prompt_length + length - 1], tokens,
+                          head_weight=weight, tied=tied, chunk_size=config.logprob_chunk,
+                          temperature=config.temperature, return_entropy=with_entropy)
+
+
+def loss_terms(config: StepConfig, logps: jax.Array, entropy: jax.Array,
+               rows: dict[str, jax.Array]) -> grpo.LossTerms:
+    """Summable loss terms of one micro-batch (GRPO surrogate or SFT cross-entropy)."""
+    mask = rows["mask"]
+    if config.loss == "sft":
+        nll = -logps
+        sums = {"nll": jnp.sum(jax.lax.stop_gradient(nll) * mask),
+                "entropy": jnp.sum(entropy * mask)}
+        return grpo.LossTerms(jnp.sum(nll * mask), mask.sum(), mask.sum(), sums)
+    return grpo.policy_loss_terms(
+        logps, rows.get("old_logps"), rows.get("ref_logps") if config.beta else None,
+        rows["advantages"], mask, beta=config.beta, epsilon_low=config.epsilon_low,
+        epsilon_high=config.epsilon_high, kl_estimator=config.kl_estimator,
+        loss_agg=config.loss_agg, entropy=entropy, max_tokens_norm=config.max_tokens_norm)
+
+
+# --------------------------------------------------------------------------------- the step
+class TrainStep:
+    """Jitted, sharded `update` and `logprobs` for one policy graph, optimiser and mesh.
+
+    Attributes:
+        config: the static step settings.
+        mesh: the device mesh.
+        param_shardings: NamedShardings of the parameter dict.
+        state_shardings: NamedShardings of a `TrainState`.
+        batch_sharding: the one sharding of every batch array (batch axis over data × fsdp).
+        update: jitted (state, batch) -> (state, metrics); donates the state.
+        logprobs: jitted (params, batch) -> [B*G, T] float32 log-probs.
+    """
+
+    def __init__(self, graphdef, params: Any, config: StepConfig,
+                 optimizer: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
+                 rules: partitioning.Rules = partitioning.DEFAULT_RULES):
+        """Derives every sharding and compiles lazily on first call.
+
+        Args:
+            graphdef: the policy's `nnx.split` graph definition.
+            params: the parameter dict, concrete or abstract (only shapes are read).
+            config: static step settings.
+            optimizer: e.g. `make_optimizer(schedule)`.
+            schedule: its learning-rate schedule (reported as a metric).
+            mesh: the ('data', 'fsdp', 'tensor') mesh.
+            rules: regex → PartitionSpec parameter placement.
+        """
+        self.graphdef, self.config, self.mesh = graphdef, config, mesh
+        self.optimizer, self.schedule = optimizer, schedule
+        replicated = NamedSharding(mesh, P())
+        self.param_shardings = partitioning.state_shardings(params, mesh, rules)
+        self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+        opt_shardings = optax.tree_map_params(
+            optimizer, lambda _, sharding: sharding, jax.eval_shape(optimizer.init, params),
+            self.param_shardings, transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+        self.state_shardings = TrainState(step=replicated, skipped=replicated,
+                                          params=self.param_shardings, opt_state=opt_shardings)
+        self.update = jax.jit(self._update,
+                              in_shardings=(self.state_shardings, self.batch_sharding),
+                              out_shardings=(self.state_shardings, replicated),
+                              donate_argnums=0)
+        self.logprobs = jax.jit(self._logprobs,
+                                in_shardings=(self.param_shardings, self.batch_sharding),
+                                out_shardings=self.batch_sharding)
+
+    # -------------------------------------------------------------------------------- state
+    def init_state(self, params: Any) -> TrainState:
+        """A fresh `TrainState` holding a copy of `params` (so `params` can stay the reference)."""
+        def fresh(params):
+            params = jax.tree.map(jnp.copy, params)  # a distinct buffer the update may donate
+            return TrainState(step=jnp.int32(0), skipped=jnp.int32(0), params=params,
+                              opt_state=self.optimizer.init(params))
+
+        return jax.jit(fresh, in_shardings=(self.param_shardings,),
+                       out_shardings=self.state_shardings)(params)
+
+    def abstract_state(self, params: Any) -> TrainState:
+        """Shapes, dtypes and shardings of the state, the restore target of a checkpoint."""
+        shapes = jax.eval_shape(lambda p: TrainState(
+            step=jnp.int32(0), skipped=jnp.int32(0), params=p,
+            opt_state=self.optimizer.init(p)), params)
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, self.state_shardings)
+
+    # --------------------------------------------------------------------------- batch rows
+    def _split(self, x: jax.Array) -> jax.Array:
+        """[R*M, ...] -> [M, R, ...]: micro-batch m holds rows m, M + m, 2M + m, ...
+
+        Strided, so every micro-batch keeps rows on every batch shard (no data movement).
+        """
+        m = self.config.num_micro_batches
+        x = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(None, BATCH_AXES)))
+
+    def _unsplit(self, x: jax.Array) -> jax.Array:
+        return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+    def _rows(self, prefix: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+        """Per-completion rows: each prompt's prefix, mask and positions repeated G times."""
+        group = self.config.group_size
+        prompts = batch["prompts"]
+        repeat = lambda x: jnp.repeat(x, group, axis=0)
+        rows = {"prompt_mask": repeat(prompts["attention_mask"]),
+                "prompt_positions": repeat(prompts["position_ids"]), **batch["completions"]}
+        return repeat(prefix), rows
+
+    # ----------------------------------------------------------------------------- log-probs
+    def _logprobs(self, params: Any, batch: dict) -> jax.Array:
+        model = nnx.merge(self.graphdef, params)
+        prefix, rows = self._rows(prompt_embeddings(model, batch["prompts"]), batch)
+        if self.config.num_micro_batches == 1:
+            return completion_logprobs(model, prefix, rows, self.config)
+        pieces = jax.lax.map(lambda x: completion_logprobs(model, *x, self.config),
+                             (self._split(prefix), jax.tree.map(self._split, rows)))
+        return self._unsplit(pieces)
+
+    # ------------------------------------------------------------------------------ update
+    def _micro_loss(self, params, prefix, rows):
+        model = nnx.merge(self.graphdef, params)
+        logps, entropy = completion_logprobs(model, prefix, rows, self.config, with_entropy=True)
+        terms = loss_terms(self.config, logps, jax.lax.stop_gradient(entropy), rows)
+        return terms.loss_sum, terms
+
+    def gradients(self, params: Any, batch: dict) -> tuple[Any, grpo.LossTerms]:
+        """Gradients of the batch loss and its summed terms, accumulated over micro-batches."""
+        prompts = batch["prompts"]
+        prefix_fn = lambda p: prompt_embeddings(nnx.merge(self.graphdef, p), prompts)
+        if self.config.num_micro_batches == 1:
+            full = lambda p: self._micro_loss(p, *self._rows(prefix_fn(p), batch))
+            (_, terms), grads = jax.value_and_grad(full, has_aux=True)(params)
+        else:
+            prefix, pull_back = jax.vjp(prefix_fn, params)
+            prefix_rows, rows = self._rows(prefix, batch)
+            pieces = (self._split(prefix_rows), jax.tree.map(self._split, rows))
+            grad_fn = jax.value_and_grad(self._micro_loss, argnums=(0, 1), has_aux=True)
+            zero_terms = jax.tree.map(
+                jnp.zeros_like, jax.eval_shape(lambda x: self._micro_loss(params, *x)[1],
+                                               jax.tree.map(lambda a: a[0], pieces)))
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)
+
+            def body(carry, piece):
+                (_, terms), (grads, prefix_grad) = grad_fn(params, *piece)
+                grads = jax.lax.with_sharding_constraint(grads, self.param_shardings)
+                return add(carry, (grads, terms)), prefix_grad
+
+            zero_grads = jax.tree.map(jnp.zeros_like, params)
+            (grads, terms), prefix_grads = jax.lax.scan(body, (zero_grads, zero_terms), pieces)
+            prefix_grads = self._unsplit(prefix_grads)
+            prefix_grads = prefix_grads.reshape(prefix.shape[0], self.config.group_size,
+                                                *prefix.shape[1:]).sum(axis=1)
+            grads = add(grads, pull_back(prefix_grads.astype(prefix.dtype))[0])
+        scale = 1.0 / jnp.maximum(terms.weight, 1.0)
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads), terms
+
+    def _update(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        grads, terms = self.gradients(state.params, batch)
+        grad_norm = optax.global_norm(grads)
+        loss = terms.loss
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = TrainState(step=state.step + 1,
+                               skipped=state.skipped + (~finite).astype(jnp.int32),
+                               params=keep(params, state.params),
+                               opt_state=keep(opt_state, state.opt_state))
+        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped,
+                   "learning_rate": self.schedule(state.step - state.skipped),
+                   "completion_tokens": terms.num_tokens, **terms.metrics()}
+        return new_state, metrics
