@@ -1,4 +1,5 @@
 """Test setup: 8 virtual CPU devices for mesh tests, deterministic float32 maths."""
+
 import os
 
 # Must happen before jax is imported anywhere: mesh tests need 8 host devices.

@@ -1,4 +1,5 @@
 """The rollout engine against HF `generate` and against the sampling distribution itself."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,136 +17,198 @@ EOS = 1
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
 def checkpoint(request, tmp_path_factory):
-  hf = hf_models.build_hf_model(request.param, seed=1)
-  path = str(tmp_path_factory.mktemp(request.param))
-  hf.save_pretrained(path)
-  return hf, path
+    hf = hf_models.build_hf_model(request.param, seed=1)
+    path = str(tmp_path_factory.mktemp(request.param))
+    hf.save_pretrained(path)
+    return hf, path
 
 
 def prompt_batch(model):
-  batch = hf_models.multimodal_batch(seed=3)
-  batch["position_ids"] = np.asarray(default_position_ids(
-      model.config, batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"]))
-  return batch
+    batch = hf_models.multimodal_batch(seed=3)
+    batch["position_ids"] = np.asarray(
+        default_position_ids(
+            model.config, batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"]
+        )
+    )
+    return batch
 
 
 def hf_greedy(hf, batch, n):
-  import torch
-  t = {k: torch.as_tensor(v) for k, v in batch.items() if k != "position_ids"}
-  mm = (t["input_ids"] == hf_models.IMAGE).long()
-  with torch.no_grad():
-    out = hf.generate(**t, mm_token_type_ids=mm, do_sample=False, max_new_tokens=n,
-                      eos_token_id=EOS, pad_token_id=2)
-  return out[:, t["input_ids"].shape[1]:].numpy()
+    import torch
+
+    t = {k: torch.as_tensor(v) for k, v in batch.items() if k != "position_ids"}
+    mm = (t["input_ids"] == hf_models.IMAGE).long()
+    with torch.no_grad():
+        out = hf.generate(
+            **t,
+            mm_token_type_ids=mm,
+            do_sample=False,
+            max_new_tokens=n,
+            eos_token_id=EOS,
+            pad_token_id=2,
+        )
+    return out[:, t["input_ids"].shape[1] :].numpy()
 
 
 def test_greedy_matches_hf_generate(checkpoint):
-  hf, path = checkpoint
-  model = from_pretrained(path)
-  batch = prompt_batch(model)
-  ours = generate(model, batch, max_new_tokens=32, key=jax.random.key(0), temperature=0,
-                  eos_ids=(EOS,), pad_id=2)
-  theirs = hf_greedy(hf, batch, 32)
-  for row in range(len(batch["input_ids"])):
-    n = ours.lengths[row]
-    np.testing.assert_array_equal(ours.tokens[row, :n], theirs[row, :n])
-  assert ours.tokens.shape == (3, 32)
+    hf, path = checkpoint
+    model = from_pretrained(path)
+    batch = prompt_batch(model)
+    ours = generate(
+        model,
+        batch,
+        max_new_tokens=32,
+        key=jax.random.key(0),
+        temperature=0,
+        eos_ids=(EOS,),
+        pad_id=2,
+    )
+    theirs = hf_greedy(hf, batch, 32)
+    for row in range(len(batch["input_ids"])):
+        n = ours.lengths[row]
+        np.testing.assert_array_equal(ours.tokens[row, :n], theirs[row, :n])
+    assert ours.tokens.shape == (3, 32)
 
 
 def test_logprobs_equal_a_fresh_forward(checkpoint):
-  _, path = checkpoint
-  model = from_pretrained(path)
-  batch = prompt_batch(model)
-  temperature, n = 0.7, 12
-  out = generate(model, batch, max_new_tokens=n, key=jax.random.key(1), num_samples=2,
-                 temperature=temperature, top_k=20, top_p=0.9, eos_ids=(EOS,), pad_id=2)
-  np.testing.assert_array_equal(out.prompt_index, [0, 0, 1, 1, 2, 2])
-  rows = out.prompt_index
-  ids = np.concatenate([batch["input_ids"][rows], out.tokens], axis=1)
-  gen_mask = (np.arange(n)[None] < out.lengths[:, None]).astype(np.int64)
-  mask = np.concatenate([batch["attention_mask"][rows], gen_mask], axis=1)
-  grids = batch["image_grid_thw"]
-  pixels = batch["pixel_values"]
-  # Re-batch the repeated rows' images in row order for the fresh forward.
-  per_row = np.cumsum([0, 0, 1, 2])  # images of rows 0, 1, 2 in multimodal_batch
-  img_rows = [i for r in rows for i in range(per_row[r], per_row[r + 1])]
-  sizes = np.prod(grids, axis=1)
-  offsets = np.concatenate([[0], np.cumsum(sizes)])
-  pix = np.concatenate([pixels[offsets[i]:offsets[i + 1]] for i in img_rows])
-  # Positions continue the prompt's; only prompt slots hold images (a sampled image token in a
-  # completion is an ordinary token).
-  prompt_len = batch["input_ids"].shape[1]
-  prompt_pos = batch["position_ids"][:, rows]
-  start = np.max(np.where(batch["attention_mask"][rows] > 0, prompt_pos, -1), axis=(0, 2)) + 1
-  gen_pos = np.broadcast_to(start[:, None] + np.arange(n), (3, len(rows), n))
-  slots = np.zeros(ids.shape, bool)
-  slots[:, :prompt_len] = batch["input_ids"][rows] == hf_models.IMAGE
-  logits = model(input_ids=ids, attention_mask=mask, pixel_values=pix,
-                 image_grid_thw=grids[img_rows], image_slots=slots,
-                 position_ids=np.concatenate([prompt_pos, gen_pos], axis=2))
-  logp = jax.nn.log_softmax(np.asarray(logits, np.float32) / temperature, axis=-1)
-  fresh = np.take_along_axis(np.asarray(logp[:, prompt_len - 1:-1]), out.tokens[..., None], -1)[..., 0]
-  np.testing.assert_allclose(out.logprobs * gen_mask, fresh * gen_mask, atol=1e-4)
+    _, path = checkpoint
+    model = from_pretrained(path)
+    batch = prompt_batch(model)
+    temperature, n = 0.7, 12
+    out = generate(
+        model,
+        batch,
+        max_new_tokens=n,
+        key=jax.random.key(1),
+        num_samples=2,
+        temperature=temperature,
+        top_k=20,
+        top_p=0.9,
+        eos_ids=(EOS,),
+        pad_id=2,
+    )
+    np.testing.assert_array_equal(out.prompt_index, [0, 0, 1, 1, 2, 2])
+    rows = out.prompt_index
+    ids = np.concatenate([batch["input_ids"][rows], out.tokens], axis=1)
+    gen_mask = (np.arange(n)[None] < out.lengths[:, None]).astype(np.int64)
+    mask = np.concatenate([batch["attention_mask"][rows], gen_mask], axis=1)
+    grids = batch["image_grid_thw"]
+    pixels = batch["pixel_values"]
+    # Re-batch the repeated rows' images in row order for the fresh forward.
+    per_row = np.cumsum([0, 0, 1, 2])  # images of rows 0, 1, 2 in multimodal_batch
+    img_rows = [i for r in rows for i in range(per_row[r], per_row[r + 1])]
+    sizes = np.prod(grids, axis=1)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    pix = np.concatenate([pixels[offsets[i] : offsets[i + 1]] for i in img_rows])
+    # Positions continue the prompt's; only prompt slots hold images (a sampled image token in a
+    # completion is an ordinary token).
+    prompt_len = batch["input_ids"].shape[1]
+    prompt_pos = batch["position_ids"][:, rows]
+    start = np.max(np.where(batch["attention_mask"][rows] > 0, prompt_pos, -1), axis=(0, 2)) + 1
+    gen_pos = np.broadcast_to(start[:, None] + np.arange(n), (3, len(rows), n))
+    slots = np.zeros(ids.shape, bool)
+    slots[:, :prompt_len] = batch["input_ids"][rows] == hf_models.IMAGE
+    logits = model(
+        input_ids=ids,
+        attention_mask=mask,
+        pixel_values=pix,
+        image_grid_thw=grids[img_rows],
+        image_slots=slots,
+        position_ids=np.concatenate([prompt_pos, gen_pos], axis=2),
+    )
+    logp = jax.nn.log_softmax(np.asarray(logits, np.float32) / temperature, axis=-1)
+    fresh = np.take_along_axis(np.asarray(logp[:, prompt_len - 1 : -1]), out.tokens[..., None], -1)[
+        ..., 0
+    ]
+    np.testing.assert_allclose(out.logprobs * gen_mask, fresh * gen_mask, atol=1e-4)
 
 
 def test_same_key_same_tokens_and_eos_padding(checkpoint):
-  _, path = checkpoint
-  model = from_pretrained(path)
-  batch = prompt_batch(model)
-  kw = dict(max_new_tokens=16, num_samples=3, temperature=1.0, top_k=50, top_p=0.9,
-            eos_ids=(EOS, 5, 6, 7), pad_id=2)
-  a = generate(model, batch, key=jax.random.key(7), **kw)
-  b = generate(model, batch, key=jax.random.key(7), **kw)
-  c = generate(model, batch, key=jax.random.key(8), **kw)
-  np.testing.assert_array_equal(a.tokens, b.tokens)
-  assert not np.array_equal(a.tokens, c.tokens)
-  for row, n in enumerate(a.lengths):
-    assert (a.tokens[row, n:] == 2).all() and (a.logprobs[row, n:] == 0).all()
-    if n < 16:
-      assert a.tokens[row, n - 1] in kw["eos_ids"]
+    _, path = checkpoint
+    model = from_pretrained(path)
+    batch = prompt_batch(model)
+    kw = dict(
+        max_new_tokens=16,
+        num_samples=3,
+        temperature=1.0,
+        top_k=50,
+        top_p=0.9,
+        eos_ids=(EOS, 5, 6, 7),
+        pad_id=2,
+    )
+    a = generate(model, batch, key=jax.random.key(7), **kw)
+    b = generate(model, batch, key=jax.random.key(7), **kw)
+    c = generate(model, batch, key=jax.random.key(8), **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert not np.array_equal(a.tokens, c.tokens)
+    for row, n in enumerate(a.lengths):
+        assert (a.tokens[row, n:] == 2).all() and (a.logprobs[row, n:] == 0).all()
+        if n < 16:
+            assert a.tokens[row, n - 1] in kw["eos_ids"]
 
 
 def test_sharded_greedy_equals_unsharded(checkpoint):
-  _, path = checkpoint
-  plain = from_pretrained(path)
-  sharded = from_pretrained(path, mesh=make_mesh((2, 2, 2)))
-  batch = prompt_batch(plain)
-  kw = dict(max_new_tokens=16, key=jax.random.key(0), temperature=0, eos_ids=(EOS,), pad_id=2)
-  np.testing.assert_array_equal(generate(sharded, batch, **kw).tokens,
-                                generate(plain, batch, **kw).tokens)
+    _, path = checkpoint
+    plain = from_pretrained(path)
+    sharded = from_pretrained(path, mesh=make_mesh((2, 2, 2)))
+    batch = prompt_batch(plain)
+    kw = dict(max_new_tokens=16, key=jax.random.key(0), temperature=0, eos_ids=(EOS,), pad_id=2)
+    np.testing.assert_array_equal(
+        generate(sharded, batch, **kw).tokens, generate(plain, batch, **kw).tokens
+    )
 
 
 def test_bf16_sampling_runs(checkpoint):
-  _, path = checkpoint
-  model = from_pretrained(path, dtype=jnp.bfloat16)
-  out = generate(model, prompt_batch(model), max_new_tokens=8, key=jax.random.key(0),
-                 num_samples=2, top_k=50, top_p=0.9)
-  assert out.tokens.shape == (6, 8) and np.isfinite(out.logprobs).all()
+    _, path = checkpoint
+    model = from_pretrained(path, dtype=jnp.bfloat16)
+    out = generate(
+        model,
+        prompt_batch(model),
+        max_new_tokens=8,
+        key=jax.random.key(0),
+        num_samples=2,
+        top_k=50,
+        top_p=0.9,
+    )
+    assert out.tokens.shape == (6, 8) and np.isfinite(out.logprobs).all()
 
 
 def test_token_frequencies_match_filtered_distribution():
-  """Many draws from one fixed prompt: the first token's frequencies follow the
-  temperature-scaled, top-k/top-p filtered distribution (chi-square, fixed seed)."""
-  from scipy import stats
-  from flax import nnx
-  from perception_rl.models.qwen_vl import QwenVL, tiny
-  model = QwenVL(tiny("qwen2_5_vl", vocab_size=64), rngs=nnx.Rngs(0))
-  # Scale the head so the distribution is far from uniform.
-  model.model.embed_tokens.embedding[...] *= 2
-  ids = np.array([[5, 6, 7, 8]], np.int32)
-  mask = np.ones_like(ids)
-  batch = dict(input_ids=ids, attention_mask=mask,
-               position_ids=np.broadcast_to(np.arange(4), (3, 1, 4)).astype(np.int32))
-  temperature, top_k, top_p, draws = 0.8, 10, 0.8, 4000
-  out = generate(model, batch, max_new_tokens=1, key=jax.random.key(0), num_samples=draws,
-                 temperature=temperature, top_k=top_k, top_p=top_p, eos_ids=())
-  logits = np.asarray(model(**batch)[0, -1], np.float64) / temperature
-  order = np.argsort(-logits)[:top_k]
-  kept = order[np.asarray(nucleus_mask(jnp.asarray(logits[order]), top_p))]
-  probs = np.exp(logits[kept] - logits[kept].max())
-  probs /= probs.sum()
-  assert 2 <= len(kept) < top_k
-  counts = np.array([(out.tokens[:, 0] == t).sum() for t in kept])
-  assert counts.sum() == draws  # nothing outside the filtered support
-  _, p_value = stats.chisquare(counts, probs * draws)
-  assert p_value > 1e-3
+    """Many draws from one fixed prompt: the first token's frequencies follow the
+    temperature-scaled, top-k/top-p filtered distribution (chi-square, fixed seed)."""
+    from scipy import stats
+    from flax import nnx
+    from perception_rl.models.qwen_vl import QwenVL, tiny
+
+    model = QwenVL(tiny("qwen2_5_vl", vocab_size=64), rngs=nnx.Rngs(0))
+    # Scale the head so the distribution is far from uniform.
+    model.model.embed_tokens.embedding[...] *= 2
+    ids = np.array([[5, 6, 7, 8]], np.int32)
+    mask = np.ones_like(ids)
+    batch = dict(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=np.broadcast_to(np.arange(4), (3, 1, 4)).astype(np.int32),
+    )
+    temperature, top_k, top_p, draws = 0.8, 10, 0.8, 4000
+    out = generate(
+        model,
+        batch,
+        max_new_tokens=1,
+        key=jax.random.key(0),
+        num_samples=draws,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_ids=(),
+    )
+    logits = np.asarray(model(**batch)[0, -1], np.float64) / temperature
+    order = np.argsort(-logits)[:top_k]
+    kept = order[np.asarray(nucleus_mask(jnp.asarray(logits[order]), top_p))]
+    probs = np.exp(logits[kept] - logits[kept].max())
+    probs /= probs.sum()
+    assert 2 <= len(kept) < top_k
+    counts = np.array([(out.tokens[:, 0] == t).sum() for t in kept])
+    assert counts.sum() == draws  # nothing outside the filtered support
+    _, p_value = stats.chisquare(counts, probs * draws)
+    assert p_value > 1e-3

@@ -4,6 +4,7 @@ A rule is `(regex, PartitionSpec)`; the first rule whose regex `re.search`es the
 parameter path wins. A mesh axis that does not divide the dimension it would shard is dropped
 for that dimension, so tiny test models and odd vocabularies still place cleanly.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,35 +29,37 @@ DEFAULT_RULES: Rules = (
 
 
 def path_str(path: Sequence) -> str:
-  return "/".join(str(p) for p in path)
+    return "/".join(str(p) for p in path)
 
 
 def spec_for(path: str, shape: Sequence[int], mesh: Mesh, rules: Rules = DEFAULT_RULES) -> P:
-  """PartitionSpec of one parameter, with non-dividing mesh axes dropped."""
-  for pattern, spec in rules:
-    if re.search(pattern, path):
-      break
-  else:
-    return P()
-  spec = tuple(spec) + (None,) * (len(shape) - len(spec))
-  fitted = []
-  for dim, axes in zip(shape, spec[:len(shape)]):
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    size = 1
-    for name in names:
-      size *= mesh.shape[name]
-    fitted.append(axes if names and dim % size == 0 else None)
-  return P(*fitted)
+    """PartitionSpec of one parameter, with non-dividing mesh axes dropped."""
+    for pattern, spec in rules:
+        if re.search(pattern, path):
+            break
+    else:
+        return P()
+    spec = tuple(spec) + (None,) * (len(shape) - len(spec))
+    fitted = []
+    for dim, axes in zip(shape, spec[: len(shape)]):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = 1
+        for name in names:
+            size *= mesh.shape[name]
+        fitted.append(axes if names and dim % size == 0 else None)
+    return P(*fitted)
 
 
 def sharding_for(path: str, shape, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> NamedSharding:
-  return NamedSharding(mesh, spec_for(path, shape, mesh, rules))
+    return NamedSharding(mesh, spec_for(path, shape, mesh, rules))
 
 
 def state_shardings(state, mesh: Mesh, rules: Rules = DEFAULT_RULES):
-  """A pytree of NamedShardings matching an NNX state (or any pytree of arrays)."""
-  def one(path, leaf):
-    keys = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
-    keys = [k for k in keys if k != "value"]
-    return sharding_for(path_str(keys), leaf.shape, mesh, rules)
-  return jax.tree_util.tree_map_with_path(one, state)
+    """A pytree of NamedShardings matching an NNX state (or any pytree of arrays)."""
+
+    def one(path, leaf):
+        keys = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
+        keys = [k for k in keys if k != "value"]
+        return sharding_for(path_str(keys), leaf.shape, mesh, rules)
+
+    return jax.tree_util.tree_map_with_path(one, state)

@@ -1,2 +1,3 @@
 """The rollout engine: jitted KV-cache sampling for multimodal prompts."""
+
 from perception_rl.sampling.sampler import SampleResult, generate

@@ -5,6 +5,7 @@ nucleus filtering runs over the k survivors only, so a decode step never sorts t
 vocabulary. Ties at the k-th logit keep exactly k tokens (HF keeps all ties; with continuous
 logits the difference has probability zero).
 """
+
 from __future__ import annotations
 
 import jax
@@ -14,30 +15,30 @@ NEG_INF = -jnp.inf
 
 
 def nucleus_mask(sorted_logits: jax.Array, top_p) -> jax.Array:
-  """Keep mask over logits sorted descending: a token survives if the probability mass
-  strictly before it is < top_p (the top token always survives)."""
-  probs = jax.nn.softmax(sorted_logits, axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs
-  return mass_before < top_p
+    """Keep mask over logits sorted descending: a token survives if the probability mass
+    strictly before it is < top_p (the top token always survives)."""
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    return mass_before < top_p
 
 
 def sample_token(key, logits, *, temperature: float, top_k: int, top_p):
-  """Draws one token per row of `logits` [B, V] (float32). `temperature == 0` is greedy."""
-  if temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = logits / temperature
-  if top_k:
-    values, indices = jax.lax.top_k(logits, top_k)
-  else:
-    indices = jnp.argsort(-logits, axis=-1)
-    values = jnp.take_along_axis(logits, indices, axis=-1)
-  values = jnp.where(nucleus_mask(values, top_p), values, NEG_INF)
-  choice = jax.random.categorical(key, values, axis=-1)
-  return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    """Draws one token per row of `logits` [B, V] (float32). `temperature == 0` is greedy."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k:
+        values, indices = jax.lax.top_k(logits, top_k)
+    else:
+        indices = jnp.argsort(-logits, axis=-1)
+        values = jnp.take_along_axis(logits, indices, axis=-1)
+    values = jnp.where(nucleus_mask(values, top_p), values, NEG_INF)
+    choice = jax.random.categorical(key, values, axis=-1)
+    return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
 def token_logprob(logits, tokens, temperature: float):
-  """log p(token) under softmax(logits / T) (T = 1 when greedy), unfiltered, float32."""
-  scaled = logits / (temperature if temperature > 0 else 1.0)
-  logp = jax.nn.log_softmax(scaled.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+    """log p(token) under softmax(logits / T) (T = 1 when greedy), unfiltered, float32."""
+    scaled = logits / (temperature if temperature > 0 else 1.0)
+    logp = jax.nn.log_softmax(scaled.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]

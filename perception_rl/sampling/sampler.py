@@ -5,6 +5,7 @@ the prompt once (prefill), repeats the cache `num_samples` times, then decodes i
 `lax.while_loop` with a static, donated cache that stops when every row has emitted EOS.
 Decode positions continue each row's M-RoPE positions (last prompt position + 1 + k).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,135 +23,198 @@ from perception_rl.sampling import filters
 
 @dataclasses.dataclass(frozen=True)
 class SampleResult:
-  """Completions, samples of one prompt consecutive.
+    """Completions, samples of one prompt consecutive.
 
-  Attributes:
-    tokens: int32 [B·n, max_new_tokens]; after a row's first EOS every slot holds `pad_id`.
-    lengths: int32 [B·n], generated tokens up to and including the first EOS.
-    logprobs: float32 [B·n, max_new_tokens], log p(token) under softmax(logits / temperature)
-      of the unfiltered policy (temperature 1 for greedy); 0 after the end.
-    prompt_index: int32 [B·n], the prompt row each completion belongs to.
-  """
-  tokens: np.ndarray
-  lengths: np.ndarray
-  logprobs: np.ndarray
-  prompt_index: np.ndarray
+    Attributes:
+      tokens: int32 [B·n, max_new_tokens]; after a row's first EOS every slot holds `pad_id`.
+      lengths: int32 [B·n], generated tokens up to and including the first EOS.
+      logprobs: float32 [B·n, max_new_tokens], log p(token) under softmax(logits / temperature)
+        of the unfiltered policy (temperature 1 for greedy); 0 after the end.
+      prompt_index: int32 [B·n], the prompt row each completion belongs to.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    logprobs: np.ndarray
+    prompt_index: np.ndarray
 
 
 def bucket(n: int, minimum: int) -> int:
-  """Smallest power of two ≥ max(n, minimum): a handful of compiled shapes per run."""
-  return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+    """Smallest power of two ≥ max(n, minimum): a handful of compiled shapes per run."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
 
 
 def pad_prompt_batch(batch: dict, config, *, min_length: int = 16, min_patches: int = 64):
-  """Left-pads ids/mask/positions to a bucketed length and patches to a bucketed count."""
-  ids = np.asarray(batch["input_ids"], np.int32)
-  b, l = ids.shape
-  length = bucket(l, min_length)
-  left = lambda x, axis: np.pad(x, [(length - l, 0) if a == axis else (0, 0)
-                                    for a in range(x.ndim)])
-  out = {"input_ids": left(ids, 1),
-         "attention_mask": left(np.asarray(batch["attention_mask"], np.int32), 1),
-         "position_ids": left(np.asarray(batch["position_ids"], np.int32), 2)}
-  pixels = batch.get("pixel_values")
-  if pixels is not None and len(pixels):
-    n = bucket(len(pixels), min_patches)
-    out["pixel_values"] = np.pad(np.asarray(pixels, np.float32), [(0, n - len(pixels)), (0, 0)])
-    out["vision_layout"] = vision_layout_dict(batch["image_grid_thw"], config, n)
-  return out
+    """Left-pads ids/mask/positions to a bucketed length and patches to a bucketed count."""
+    ids = np.asarray(batch["input_ids"], np.int32)
+    b, l = ids.shape
+    length = bucket(l, min_length)
+    left = lambda x, axis: np.pad(
+        x, [(length - l, 0) if a == axis else (0, 0) for a in range(x.ndim)]
+    )
+    out = {
+        "input_ids": left(ids, 1),
+        "attention_mask": left(np.asarray(batch["attention_mask"], np.int32), 1),
+        "position_ids": left(np.asarray(batch["position_ids"], np.int32), 2),
+    }
+    pixels = batch.get("pixel_values")
+    if pixels is not None and len(pixels):
+        n = bucket(len(pixels), min_patches)
+        out["pixel_values"] = np.pad(np.asarray(pixels, np.float32), [(0, n - len(pixels)), (0, 0)])
+        out["vision_layout"] = vision_layout_dict(batch["image_grid_thw"], config, n)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "num_samples"))
 def _prefill(graphdef, state, prompt, *, cache_size: int, num_samples: int):
-  """Runs vision + prompt once; returns the repeated cache, last logits and next positions."""
-  model: QwenVL = nnx.merge(graphdef, state)
-  ids, mask, positions = prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"]
-  b, l = ids.shape
-  embeds = model.embed(ids, prompt.get("pixel_values"), prompt.get("vision_layout"))
-  attn = jnp.pad(causal_mask(mask), ((0, 0), (0, 0), (0, cache_size - l)))
-  hidden, cache = model.model(embeds, positions, attn, model.init_cache(b, cache_size), 0)
-  logits = model.logits(hidden[:, -1]).astype(jnp.float32)
-  next_position = jnp.max(jnp.where(mask[None] > 0, positions, -1), axis=(0, 2)) + 1
-  kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - l)))
-  rep = lambda x: jnp.repeat(x, num_samples, axis=0)
-  return jax.tree.map(rep, (cache, logits, next_position, kv_mask))
+    """Runs vision + prompt once; returns the repeated cache, last logits and next positions."""
+    model: QwenVL = nnx.merge(graphdef, state)
+    ids, mask, positions = prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"]
+    b, l = ids.shape
+    embeds = model.embed(ids, prompt.get("pixel_values"), prompt.get("vision_layout"))
+    attn = jnp.pad(causal_mask(mask), ((0, 0), (0, 0), (0, cache_size - l)))
+    hidden, cache = model.model(embeds, positions, attn, model.init_cache(b, cache_size), 0)
+    logits = model.logits(hidden[:, -1]).astype(jnp.float32)
+    next_position = jnp.max(jnp.where(mask[None] > 0, positions, -1), axis=(0, 2)) + 1
+    kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - l)))
+    rep = lambda x: jnp.repeat(x, num_samples, axis=0)
+    return jax.tree.map(rep, (cache, logits, next_position, kv_mask))
 
 
 @functools.partial(
-    jax.jit, donate_argnums=(2,),
-    static_argnames=("graphdef", "prompt_length", "max_new_tokens", "temperature", "top_k",
-                     "eos_ids", "pad_id"))
-def _decode(graphdef, state, cache, logits, next_position, kv_mask, key, top_p, *,
-            prompt_length, max_new_tokens, temperature, top_k, eos_ids, pad_id):
-  model: QwenVL = nnx.merge(graphdef, state)
-  rows = logits.shape[0]
-  eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
+    jax.jit,
+    donate_argnums=(2,),
+    static_argnames=(
+        "graphdef",
+        "prompt_length",
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "eos_ids",
+        "pad_id",
+    ),
+)
+def _decode(
+    graphdef,
+    state,
+    cache,
+    logits,
+    next_position,
+    kv_mask,
+    key,
+    top_p,
+    *,
+    prompt_length,
+    max_new_tokens,
+    temperature,
+    top_k,
+    eos_ids,
+    pad_id,
+):
+    model: QwenVL = nnx.merge(graphdef, state)
+    rows = logits.shape[0]
+    eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
-  def cond(carry):
-    step, done = carry[0], carry[6]
-    return (step < max_new_tokens) & ~jnp.all(done)
+    def cond(carry):
+        step, done = carry[0], carry[6]
+        return (step < max_new_tokens) & ~jnp.all(done)
 
-  def body(carry):
-    step, cache, logits, kv_mask, tokens, logprobs, done, lengths = carry
-    token = filters.sample_token(jax.random.fold_in(key, step), logits,
-                                 temperature=temperature, top_k=top_k, top_p=top_p)
-    logprob = filters.token_logprob(logits, token, temperature)
-    token = jnp.where(done, pad_id, token)
-    tokens = tokens.at[:, step].set(token)
-    logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logprob))
-    lengths = lengths + (~done).astype(jnp.int32)
-    done = done | jnp.isin(token, eos)
-    slot = prompt_length + step
-    kv_mask = kv_mask.at[:, slot].set(1)
-    positions = jnp.broadcast_to((next_position + step)[None, :, None], (3, rows, 1))
-    embeds = model.model.embed_tokens(token[:, None])
-    hidden, cache = model.model(embeds, positions, kv_mask[:, None, :] > 0, cache, slot)
-    logits = model.logits(hidden[:, 0]).astype(jnp.float32)
-    return step + 1, cache, logits, kv_mask, tokens, logprobs, done, lengths
+    def body(carry):
+        step, cache, logits, kv_mask, tokens, logprobs, done, lengths = carry
+        token = filters.sample_token(
+            jax.random.fold_in(key, step), logits, temperature=temperature, top_k=top_k, top_p=top_p
+        )
+        logprob = filters.token_logprob(logits, token, temperature)
+        token = jnp.where(done, pad_id, token)
+        tokens = tokens.at[:, step].set(token)
+        logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logprob))
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.isin(token, eos)
+        slot = prompt_length + step
+        kv_mask = kv_mask.at[:, slot].set(1)
+        positions = jnp.broadcast_to((next_position + step)[None, :, None], (3, rows, 1))
+        embeds = model.model.embed_tokens(token[:, None])
+        hidden, cache = model.model(embeds, positions, kv_mask[:, None, :] > 0, cache, slot)
+        logits = model.logits(hidden[:, 0]).astype(jnp.float32)
+        return step + 1, cache, logits, kv_mask, tokens, logprobs, done, lengths
 
-  carry = (jnp.int32(0), cache, logits, kv_mask,
-           jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
-           jnp.zeros((rows, max_new_tokens), jnp.float32),
-           jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.int32))
-  _, cache, _, _, tokens, logprobs, _, lengths = jax.lax.while_loop(cond, body, carry)
-  return tokens, lengths, logprobs, cache  # returning the cache lets XLA reuse the donation
+    carry = (
+        jnp.int32(0),
+        cache,
+        logits,
+        kv_mask,
+        jnp.full((rows, max_new_tokens), pad_id, jnp.int32),
+        jnp.zeros((rows, max_new_tokens), jnp.float32),
+        jnp.zeros((rows,), bool),
+        jnp.zeros((rows,), jnp.int32),
+    )
+    _, cache, _, _, tokens, logprobs, _, lengths = jax.lax.while_loop(cond, body, carry)
+    return tokens, lengths, logprobs, cache  # returning the cache lets XLA reuse the donation
 
 
-def generate(model: QwenVL, batch: dict, *, max_new_tokens: int, key, num_samples: int = 1,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             eos_ids=None, pad_id: int | None = None) -> SampleResult:
-  """Samples `num_samples` completions per prompt of a processor batch.
+def generate(
+    model: QwenVL,
+    batch: dict,
+    *,
+    max_new_tokens: int,
+    key,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    eos_ids=None,
+    pad_id: int | None = None,
+) -> SampleResult:
+    """Samples `num_samples` completions per prompt of a processor batch.
 
-  Args:
-    model: the policy (possibly sharded; jit follows its parameter shardings).
-    batch: processor output: input_ids, attention_mask, position_ids and optionally
-      pixel_values / image_grid_thw. Rows should be left-padded.
-    max_new_tokens: completion budget (static).
-    key: PRNG key; the same key gives the same completions.
-    num_samples: completions per prompt (G in GRPO).
-    temperature: softmax temperature; 0 means greedy decoding.
-    top_k: keep the k most likely tokens (0: off). top_p: nucleus mass (1.0: off).
-    eos_ids: token ids that end a completion (default: the config's eos_token_id).
-    pad_id: filler after EOS (default: the config's pad_token_id, else 0).
-  """
-  config = model.config
-  if eos_ids is None:
-    eos_ids = () if config.eos_token_id is None else (config.eos_token_id,)
-  pad_id = pad_id if pad_id is not None else (config.pad_token_id or 0)
-  if "position_ids" not in batch:
-    from perception_rl.models.qwen_vl.model import default_position_ids
-    batch = {**batch, "position_ids": np.asarray(default_position_ids(
-        config, batch["input_ids"], batch["attention_mask"], batch.get("image_grid_thw")))}
-  prompt = pad_prompt_batch(batch, config)
-  prompt_length = prompt["input_ids"].shape[1]
-  graphdef, state = nnx.split(model)
-  cache, logits, next_position, kv_mask = _prefill(
-      graphdef, state, prompt, cache_size=prompt_length + max_new_tokens,
-      num_samples=num_samples)
-  tokens, lengths, logprobs, _ = _decode(
-      graphdef, state, cache, logits, next_position, kv_mask, key, jnp.float32(top_p),
-      prompt_length=prompt_length, max_new_tokens=max_new_tokens,
-      temperature=float(temperature), top_k=int(top_k), eos_ids=tuple(int(e) for e in eos_ids),
-      pad_id=int(pad_id))
-  rows = np.repeat(np.arange(len(prompt["input_ids"]), dtype=np.int32), num_samples)
-  return SampleResult(np.asarray(tokens), np.asarray(lengths), np.asarray(logprobs), rows)
+    Args:
+      model: the policy (possibly sharded; jit follows its parameter shardings).
+      batch: processor output: input_ids, attention_mask, position_ids and optionally
+        pixel_values / image_grid_thw. Rows should be left-padded.
+      max_new_tokens: completion budget (static).
+      key: PRNG key; the same key gives the same completions.
+      num_samples: completions per prompt (G in GRPO).
+      temperature: softmax temperature; 0 means greedy decoding.
+      top_k: keep the k most likely tokens (0: off). top_p: nucleus mass (1.0: off).
+      eos_ids: token ids that end a completion (default: the config's eos_token_id).
+      pad_id: filler after EOS (default: the config's pad_token_id, else 0).
+    """
+    config = model.config
+    if eos_ids is None:
+        eos_ids = () if config.eos_token_id is None else (config.eos_token_id,)
+    pad_id = pad_id if pad_id is not None else (config.pad_token_id or 0)
+    if "position_ids" not in batch:
+        from perception_rl.models.qwen_vl.model import default_position_ids
+
+        batch = {
+            **batch,
+            "position_ids": np.asarray(
+                default_position_ids(
+                    config, batch["input_ids"], batch["attention_mask"], batch.get("image_grid_thw")
+                )
+            ),
+        }
+    prompt = pad_prompt_batch(batch, config)
+    prompt_length = prompt["input_ids"].shape[1]
+    graphdef, state = nnx.split(model)
+    cache, logits, next_position, kv_mask = _prefill(
+        graphdef, state, prompt, cache_size=prompt_length + max_new_tokens, num_samples=num_samples
+    )
+    tokens, lengths, logprobs, _ = _decode(
+        graphdef,
+        state,
+        cache,
+        logits,
+        next_position,
+        kv_mask,
+        key,
+        jnp.float32(top_p),
+        prompt_length=prompt_length,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=int(top_k),
+        eos_ids=tuple(int(e) for e in eos_ids),
+        pad_id=int(pad_id),
+    )
+    rows = np.repeat(np.arange(len(prompt["input_ids"]), dtype=np.int32), num_samples)
+    return SampleResult(np.asarray(tokens), np.asarray(lengths), np.asarray(logprobs), rows)

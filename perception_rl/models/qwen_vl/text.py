@@ -3,6 +3,7 @@
 Attention takes a precomputed boolean mask [B, Lq, S] built once per forward by the model, so
 the same layer code serves a full forward (S = Lq) and cached prefill/decode (S = cache size).
 """
+
 from __future__ import annotations
 
 import jax
@@ -18,75 +19,88 @@ LayerCache = dict[str, jax.Array]
 
 
 def init_cache(c: TextConfig, batch: int, size: int, dtype) -> list[LayerCache]:
-  shape = (batch, size, c.num_kv_heads, c.head_dim)
-  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-          for _ in range(c.num_layers)]
+    shape = (batch, size, c.num_kv_heads, c.head_dim)
+    return [
+        {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(c.num_layers)
+    ]
 
 
 class Attention(nnx.Module):
-  """GQA self-attention; q/k/v with bias, o_proj without."""
+    """GQA self-attention; q/k/v with bias, o_proj without."""
 
-  def __init__(self, c: TextConfig, *, dtype, rngs):
-    self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
-    hd = c.head_dim
-    self.q_proj = layers.linear(c.hidden_size, c.num_heads * hd, bias=True, dtype=dtype, rngs=rngs)
-    self.k_proj = layers.linear(c.hidden_size, c.num_kv_heads * hd, bias=True, dtype=dtype,
-                                rngs=rngs)
-    self.v_proj = layers.linear(c.hidden_size, c.num_kv_heads * hd, bias=True, dtype=dtype,
-                                rngs=rngs)
-    self.o_proj = layers.linear(c.num_heads * hd, c.hidden_size, bias=False, dtype=dtype,
-                                rngs=rngs)
+    def __init__(self, c: TextConfig, *, dtype, rngs):
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        hd = c.head_dim
+        self.q_proj = layers.linear(
+            c.hidden_size, c.num_heads * hd, bias=True, dtype=dtype, rngs=rngs
+        )
+        self.k_proj = layers.linear(
+            c.hidden_size, c.num_kv_heads * hd, bias=True, dtype=dtype, rngs=rngs
+        )
+        self.v_proj = layers.linear(
+            c.hidden_size, c.num_kv_heads * hd, bias=True, dtype=dtype, rngs=rngs
+        )
+        self.o_proj = layers.linear(
+            c.num_heads * hd, c.hidden_size, bias=False, dtype=dtype, rngs=rngs
+        )
 
-  def __call__(self, x, cos, sin, mask, cache: LayerCache | None = None, cache_index=None):
-    b, l, _ = x.shape
-    q = self.q_proj(x).reshape(b, l, self.num_heads, self.head_dim)
-    k = self.k_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
-    v = self.v_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
-    # HF casts the float32 cos/sin to the activation dtype and rotates in that dtype.
-    cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
-    q, k = rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin)
-    if cache is not None:
-      at = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
-      v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
-      cache = {"k": k, "v": v}
-    q = q.reshape(b, l, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)
-    out = layers.masked_attention(q, k.astype(x.dtype), v.astype(x.dtype), mask[:, None, None])
-    return self.o_proj(out.reshape(b, l, -1)), cache
+    def __call__(self, x, cos, sin, mask, cache: LayerCache | None = None, cache_index=None):
+        b, l, _ = x.shape
+        q = self.q_proj(x).reshape(b, l, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
+        # HF casts the float32 cos/sin to the activation dtype and rotates in that dtype.
+        cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
+        q, k = rope.apply_rotary(q, cos, sin), rope.apply_rotary(k, cos, sin)
+        if cache is not None:
+            at = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), at)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
+            cache = {"k": k, "v": v}
+        q = q.reshape(b, l, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)
+        out = layers.masked_attention(q, k.astype(x.dtype), v.astype(x.dtype), mask[:, None, None])
+        return self.o_proj(out.reshape(b, l, -1)), cache
 
 
 class DecoderLayer(nnx.Module):
+    def __init__(self, c: TextConfig, *, dtype, rngs):
+        self.input_layernorm = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype)
+        self.post_attention_layernorm = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype)
+        self.self_attn = Attention(c, dtype=dtype, rngs=rngs)
+        self.mlp = SwiGluMLP(c.hidden_size, c.intermediate_size, bias=False, dtype=dtype, rngs=rngs)
 
-  def __init__(self, c: TextConfig, *, dtype, rngs):
-    self.input_layernorm = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype)
-    self.post_attention_layernorm = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype)
-    self.self_attn = Attention(c, dtype=dtype, rngs=rngs)
-    self.mlp = SwiGluMLP(c.hidden_size, c.intermediate_size, bias=False, dtype=dtype, rngs=rngs)
-
-  def __call__(self, h, cos, sin, mask, cache=None, cache_index=None):
-    a, cache = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, cache_index)
-    h = h + a
-    return h + self.mlp(self.post_attention_layernorm(h)), cache
+    def __call__(self, h, cos, sin, mask, cache=None, cache_index=None):
+        a, cache = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, cache_index)
+        h = h + a
+        return h + self.mlp(self.post_attention_layernorm(h)), cache
 
 
 class Decoder(nnx.Module):
-  """Embeddings + decoder layers + final norm (HF `model.language_model`)."""
+    """Embeddings + decoder layers + final norm (HF `model.language_model`)."""
 
-  def __init__(self, c: TextConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.config = c
-    self.embed_tokens = nnx.Embed(c.vocab_size, c.hidden_size, dtype=dtype, param_dtype=dtype,
-                                  embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(c, dtype=dtype, rngs=rngs) for _ in range(c.num_layers)])
-    self.norm = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype)
+    def __init__(self, c: TextConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = c
+        self.embed_tokens = nnx.Embed(
+            c.vocab_size,
+            c.hidden_size,
+            dtype=dtype,
+            param_dtype=dtype,
+            embedding_init=nnx.initializers.normal(0.02),
+            rngs=rngs,
+        )
+        self.layers = nnx.List(
+            [DecoderLayer(c, dtype=dtype, rngs=rngs) for _ in range(c.num_layers)]
+        )
+        self.norm = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype)
 
-  def __call__(self, embeds, position_ids, mask, cache=None, cache_index=None, remat=False):
-    """embeds [B, L, H], position_ids [3, B, L], mask [B, L, S] → (hidden [B, L, H], cache)."""
-    c = self.config
-    cos, sin = rope.mrope_cos_sin(position_ids, c.head_dim, c.rope_theta, c.mrope_section)
-    h, new_cache = embeds, []
-    for i, layer in enumerate(self.layers):
-      layer_cache = None if cache is None else cache[i]
-      call = nnx.remat(type(layer).__call__) if remat else type(layer).__call__
-      h, layer_cache = call(layer, h, cos, sin, mask, layer_cache, cache_index)
-      new_cache.append(layer_cache)
-    return self.norm(h), (None if cache is None else new_cache)
+    def __call__(self, embeds, position_ids, mask, cache=None, cache_index=None, remat=False):
+        """embeds [B, L, H], position_ids [3, B, L], mask [B, L, S] → (hidden [B, L, H], cache)."""
+        c = self.config
+        cos, sin = rope.mrope_cos_sin(position_ids, c.head_dim, c.rope_theta, c.mrope_section)
+        h, new_cache = embeds, []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else cache[i]
+            call = nnx.remat(type(layer).__call__) if remat else type(layer).__call__
+            h, layer_cache = call(layer, h, cos, sin, mask, layer_cache, cache_index)
+            new_cache.append(layer_cache)
+        return self.norm(h), (None if cache is None else new_cache)
