@@ -40,7 +40,8 @@ def make_batch(num_prompts: int, group_size: int, boxes: int, seed: int = 0):
             pred = gt[keep] + rng.normal(0, 6, (keep.sum(), 4))
             extra = rng.uniform(0, 600, (int(rng.integers(0, 4)), 2))
             # Qwen2.5-VL writes integer pixel coordinates; COCO ground truth has decimals.
-            pred = np.concatenate([pred, np.concatenate([extra, extra + 50], 1)]).round().astype(int)
+            pred = np.concatenate([pred, np.concatenate([extra, extra + 50], 1)])
+            pred = pred.round().astype(int)
             names = [labels[i] for i in np.flatnonzero(keep)] + ["person"] * len(extra)
             names = [COCO_CLASSES[rng.integers(80)] if rng.random() < 0.1 else s for s in names]
             items = [{"bbox_2d": b.tolist(), "label": s} for b, s in zip(pred, names)]
@@ -137,9 +138,10 @@ def numpy_detection_reward(text: str, target: dict) -> float:
     lo, hi = np.minimum(p[:, None, :2], g[None, :, :2]), np.maximum(p[:, None, 2:], g[None, :, 2:])
     hull = (hi - lo).prod(-1) + 1e-8
     giou = iou - (hull - union) / hull
-    cx = lambda b: np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], 1)
+    pc = np.concatenate([(p[:, :2] + p[:, 2:]) / 2, p[:, 2:] - p[:, :2]], 1)  # cx, cy, w, h
+    gc = np.concatenate([(g[:, :2] + g[:, 2:]) / 2, g[:, 2:] - g[:, :2]], 1)
     prob = np.where(pl[:, None] == gl[None], math.e, 1.0) / (math.e + 79)
-    cost = 5 * np.abs(cx(p)[:, None] - cx(g)[None]).sum(-1) - prob - 2 * giou
+    cost = 5 * np.abs(pc[:, None] - gc[None]).sum(-1) - prob - 2 * giou
     r, c = linear_sum_assignment(cost)
     keep = iou[r, c] > 0.5
     m = int(keep.sum())

@@ -23,6 +23,10 @@ def giou(a, b, eps=1e-8):
     return value - (hull - union) / hull
 
 
+def cxcywh(b):
+    return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1])
+
+
 def f32(boxes):
     """Coordinates as the library stores them (float32); the arithmetic stays float64."""
     return [[float(np.float32(v)) for v in box] for box in boxes]
@@ -58,11 +62,9 @@ def reference(text, target, *, penalty=True, vocabulary=COCO_CLASSES):
         return reward
     pred = f32([x["bbox_2d"] for x in good])
     pred_cls = [vocabulary.index(x["label"]) for x in good]
-    k = len(vocabulary)
-    prob = lambda same: (math.e if same else 1.0) / (math.e + k - 1)  # softmax of a one-hot
-    cxcywh = lambda b: ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1])
+    hot, cold = (v / (math.e + len(vocabulary) - 1) for v in (math.e, 1.0))  # softmax(one-hot)
     cost = np.array([[5 * sum(abs(u - v) for u, v in zip(cxcywh(p), cxcywh(g)))
-                      - prob(pc == gc) - 2 * giou(p, g) for g, gc in zip(gt, gt_cls)]
+                      - (hot if pc == gc else cold) - 2 * giou(p, g) for g, gc in zip(gt, gt_cls)]
                      for p, pc in zip(pred, pred_cls)])
     rows, cols = linear_sum_assignment(cost)
     kept = [(i, j, iou(pred[i], gt[j])[0]) for i, j in zip(rows, cols)]

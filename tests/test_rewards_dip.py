@@ -138,10 +138,10 @@ def test_matches_reference_on_generated_groups():
 
 def test_look_rewards_covering_the_uncertain_instance():
     gt = [[0, 0, 10, 10], [100, 100, 120, 120]]
-    box = lambda b: {"bbox_2d": b}
     def completion(look, answer):
-        return (f"<think>t</think><look>{json.dumps([box(b) for b in look])}</look>"
-                f"<answer>{json.dumps([box(b) for b in answer])}</answer>")
+        look, answer = ([{"bbox_2d": b} for b in x] for x in (look, answer))
+        return (f"<think>t</think><look>{json.dumps(look)}</look>"
+                f"<answer>{json.dumps(answer)}</answer>")
     # Instance 0 is found by every rollout (variance 0); instance 1 by half (variance 0.25).
     texts = [completion([gt[1]], gt), completion([gt[0]], gt),
              completion([gt[1]], gt[:1]), completion([], gt[:1])]

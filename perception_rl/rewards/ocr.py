@@ -3,11 +3,12 @@
     total = max(0, 1 - Levenshtein(pred, gt) / max(len(pred), len(gt)))
 
 after collapsing whitespace runs to single spaces and stripping both ends (the authors' earlier
-MMR1 reward; PR1's OCR reward itself was never released). ``<|endoftext|>`` tokens and trailing
-whitespace / end-of-turn tokens are not part of the prediction. Two empty strings score 0. The edit
-distance runs under jit on padded Unicode code-point arrays. Strings longer than ``max_chars``
-are scored with the upper bound ``Lev(prefixes) + max(tail lengths)``, exact when both fit,
-so an over-long output can only lose reward. Target: ``{"text": str}``. Range: [0, 1].
+MMR1 reward; PR1's OCR reward itself was never released). ``<|endoftext|>`` tokens and
+trailing whitespace / end-of-turn tokens are not part of the prediction. Two empty strings
+score 0. The edit distance runs under jit on padded Unicode code-point arrays. Strings longer
+than ``max_chars`` are scored with the upper bound ``Lev(prefixes) + max(tail lengths)``, exact
+when both fit, so an over-long output can only lose reward. Target: ``{"text": str}``.
+Range: [0, 1].
 """
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ class OcrConfig:
         return 0.0, 1.0
 
 
+def prefix_min(x: jax.Array) -> jax.Array:
+    """Running minimum along axis 1 by doubling (Hillis-Steele): log2(n) contiguous shifts,
+    about 1.6x faster on CPU than ``lax.cummin``'s strided associative scan."""
+    shift, big = 1, jnp.iinfo(x.dtype).max
+    while shift < x.shape[1]:
+        x = jnp.minimum(x, jnp.pad(x[:, :-shift], ((0, 0), (shift, 0)), constant_values=big))
+        shift *= 2
+    return x
+
+
 @jax.jit
 def levenshtein(a: jax.Array, len_a: jax.Array, b: jax.Array, len_b: jax.Array) -> jax.Array:
     """Batched character edit distance (unit insert / delete / substitute costs).
@@ -55,12 +66,12 @@ def levenshtein(a: jax.Array, len_a: jax.Array, b: jax.Array, len_b: jax.Array) 
 
     def row(i, carry):
         # Row i of the DP table from row i-1. Insertions chain along the row:
-        # D[i, j] = min_k (t[k] + j - k) = j + cummin(t - cols)[j].
+        # D[i, j] = min_k<=j (t[k] + j - k) = j + prefix_min(t - cols)[j].
         prev, out = carry
         substitute = prev[:, :-1] + (a[:, i - 1, None] != b).astype(jnp.int32)
         t = jnp.minimum(substitute, prev[:, 1:] + 1)
         t = jnp.concatenate([jnp.full((a.shape[0], 1), i, jnp.int32), t], axis=1)
-        cur = cols + jax.lax.cummin(t - cols, axis=1)
+        cur = cols + prefix_min(t - cols)
         out = jnp.where(len_a == i, jnp.take_along_axis(cur, len_b[:, None], 1)[:, 0], out)
         return cur, out
 
