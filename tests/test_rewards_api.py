@@ -56,12 +56,12 @@ JITTED = {
 def test_array_part_traces_once_per_padded_shape(name):
     for fn in JITTED[name]:
         fn.clear_cache()
-    first, second = batch(name, seed=0), batch(name, seed=1)
-    assert first != second
+    # Different content and a different prompt count (3 -> 4), in the same buckets.
+    first, second = batch(name, seed=0), batch(name, seed=1, num_prompts=4)
+    assert first[0] != second[0][:12]
     a = rewards.score(name, *first, group_size=4)
     assert [fn._cache_size() for fn in JITTED[name]] == [1] * len(JITTED[name])
-    # Different content and a different prompt count (3 -> 4) in the same buckets: no retrace.
-    b = rewards.score(name, *batch(name, seed=1, num_prompts=4), group_size=4)
+    b = rewards.score(name, *second, group_size=4)
     assert [fn._cache_size() for fn in JITTED[name]] == [1] * len(JITTED[name])
     assert a.shape == (12,) and b.shape == (16,)
 
