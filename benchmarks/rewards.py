@@ -10,6 +10,7 @@ torch tensors). A per-completion numpy variant is timed too, for context. Prints
 (best of --repeats interleaved rounds, after one warm-up call that compiles the jitted code),
 the ratios and the largest absolute difference between the paths' rewards.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,9 +82,14 @@ def python_detection_reward(text: str, target: dict) -> float:
     pred, pred_labels = [], []
     for item in items:
         box = item.get("bbox_2d") if isinstance(item, dict) else None
-        ok = (isinstance(box, list) and len(box) == 4
-              and all(type(v) in (int, float) and math.isfinite(v) for v in box)
-              and box[2] >= box[0] and box[3] >= box[1] and item.get("label") in index)
+        ok = (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(type(v) in (int, float) and math.isfinite(v) for v in box)
+            and box[2] >= box[0]
+            and box[3] >= box[1]
+            and item.get("label") in index
+        )
         if ok:
             pred.append([float(v) for v in box])
             pred_labels.append(index[item["label"]])
@@ -94,9 +100,15 @@ def python_detection_reward(text: str, target: dict) -> float:
     if not gt:
         return reward
     hot, cold = math.e / (math.e + 79), 1 / (math.e + 79)
-    cost = [[5 * sum(abs(u - v) for u, v in zip(_cxcywh(p), _cxcywh(g)))
-             - (hot if pl == gl else cold) - 2 * _giou(p, g)
-             for g, gl in zip(gt, gt_labels)] for p, pl in zip(pred, pred_labels)]
+    cost = [
+        [
+            5 * sum(abs(u - v) for u, v in zip(_cxcywh(p), _cxcywh(g)))
+            - (hot if pl == gl else cold)
+            - 2 * _giou(p, g)
+            for g, gl in zip(gt, gt_labels)
+        ]
+        for p, pl in zip(pred, pred_labels)
+    ]
     rows, cols = linear_sum_assignment(cost)
     pairs = [(i, j, _iou(pred[i], gt[j])[0]) for i, j in zip(rows, cols)]
     pairs = [(i, j, iou) for i, j, iou in pairs if iou > 0.5]
@@ -120,8 +132,14 @@ def numpy_detection_reward(text: str, target: dict) -> float:
     if not isinstance(items, list):
         return 0.0
     index = {name: i for i, name in enumerate(COCO_CLASSES)}
-    good = [it for it in items if isinstance(it, dict) and isinstance(it.get("bbox_2d"), list)
-            and len(it["bbox_2d"]) == 4 and it.get("label") in index]
+    good = [
+        it
+        for it in items
+        if isinstance(it, dict)
+        and isinstance(it.get("bbox_2d"), list)
+        and len(it["bbox_2d"]) == 4
+        and it.get("label") in index
+    ]
     if not good:
         return 0.0
     p = np.array([it["bbox_2d"] for it in good], np.float64)
@@ -183,22 +201,34 @@ def main() -> None:
     start = time.perf_counter()
     batched()
     compile_s = time.perf_counter() - start
-    times, outs = _best_times({
-        "batched": batched,
-        "python": lambda: np.array([python_detection_reward(c, t)
-                                    for c, t in zip(completions, per_completion)]),
-        "numpy": lambda: np.array([numpy_detection_reward(c, t)
-                                   for c, t in zip(completions, per_completion)]),
-    }, args.repeats)
+    times, outs = _best_times(
+        {
+            "batched": batched,
+            "python": lambda: np.array(
+                [python_detection_reward(c, t) for c, t in zip(completions, per_completion)]
+            ),
+            "numpy": lambda: np.array(
+                [numpy_detection_reward(c, t) for c, t in zip(completions, per_completion)]
+            ),
+        },
+        args.repeats,
+    )
     ours = outs["batched"]
-    print(f"detection reward, {len(completions)} completions, ~{args.boxes} boxes each "
-          f"(G={g}, mean reward {ours.mean():.4f}); best of {args.repeats} runs")
-    print(f"  batched (rewards.score) : {times['batched'] * 1e3:8.1f} ms   (first call incl. "
-          f"compile {compile_s * 1e3:.0f} ms)")
+    print(
+        f"detection reward, {len(completions)} completions, ~{args.boxes} boxes each "
+        f"(G={g}, mean reward {ours.mean():.4f}); best of {args.repeats} runs"
+    )
+    print(
+        f"  batched (rewards.score) : {times['batched'] * 1e3:8.1f} ms   (first call incl. "
+        f"compile {compile_s * 1e3:.0f} ms)"
+    )
     for name, label in (("python", "per-completion Python"), ("numpy", "per-completion numpy ")):
-        print(f"  {label}   : {times[name] * 1e3:8.1f} ms   ratio "
-              f"{times[name] / times['batched']:5.1f}x   max |diff| "
-              f"{np.abs(ours - outs[name]).max():.1e}")
+        print(
+            f"  {label}   : {times[name] * 1e3:8.1f} ms   ratio "
+            f"{times[name] / times['batched']:5.1f}x   max |diff| "
+            f"{np.abs(ours - outs[name]).max():.1e}"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
 """Registry entry points, batch layout, and the jitted array parts compiling once per shape."""
+
 import json
 
 import numpy as np
@@ -24,9 +25,12 @@ def batch(name, seed, num_prompts=3, group=4):
         elif name == "counting":
             targets.append({"points": xy.tolist()})
             spans = [f"<|box_start|>({x},{y}),({x + 4},{y + 2})<|box_end|>" for x, y in xy]
-            completions += ["<|object_ref_start|>a<|object_ref_end|>"
-                            + "".join(spans[: rng.integers(1, n + 1)]) + "<|im_end|>"
-                            for _ in range(group)]
+            completions += [
+                "<|object_ref_start|>a<|object_ref_end|>"
+                + "".join(spans[: rng.integers(1, n + 1)])
+                + "<|im_end|>"
+                for _ in range(group)
+            ]
         elif name == "ocr":
             text = "".join(rng.choice(list("abc d"), int(rng.integers(1, 16))))
             targets.append({"text": text})
@@ -37,9 +41,12 @@ def batch(name, seed, num_prompts=3, group=4):
             completions += [json.dumps(items[: rng.integers(0, n + 1)]) for _ in range(group)]
         else:
             targets.append({"boxes": boxes.tolist()})
-            completions += ["<think>.</think><look>[]</look><answer>" + json.dumps(
-                [{"bbox_2d": b.tolist()} for b in boxes[: rng.integers(0, n + 1)]]) + "</answer>"
-                for _ in range(group)]
+            completions += [
+                "<think>.</think><look>[]</look><answer>"
+                + json.dumps([{"bbox_2d": b.tolist()} for b in boxes[: rng.integers(0, n + 1)]])
+                + "</answer>"
+                for _ in range(group)
+            ]
     return completions, targets
 
 
@@ -71,11 +78,16 @@ def test_score_is_the_total_component_and_padding_does_not_leak(name):
     completions, targets = batch(name, seed=2, num_prompts=5)
     parts = rewards.score_components(name, completions, targets, group_size=4)
     assert parts["total"].dtype == np.float32 and parts["total"].shape == (20,)
-    np.testing.assert_array_equal(rewards.score(name, completions, targets, group_size=4),
-                                  parts["total"])
+    np.testing.assert_array_equal(
+        rewards.score(name, completions, targets, group_size=4), parts["total"]
+    )
     # Scoring prompts one at a time (different padding) gives the same values.
-    alone = np.concatenate([rewards.score(name, completions[4 * i:4 * i + 4], [t], group_size=4)
-                            for i, t in enumerate(targets)])
+    alone = np.concatenate(
+        [
+            rewards.score(name, completions[4 * i : 4 * i + 4], [t], group_size=4)
+            for i, t in enumerate(targets)
+        ]
+    )
     np.testing.assert_allclose(alone, parts["total"], atol=1e-6)
 
 
@@ -87,8 +99,9 @@ def test_errors_are_reported_clearly():
     with pytest.raises(ValueError, match="group_size"):
         rewards.score("ocr", ["x", "y", "z"], [{"text": "x"}], group_size=2)
     with pytest.raises(ValueError, match="4-number"):
-        rewards.score("detection", ["[]"], [{"boxes": [[1, 2, 3]], "labels": ["dog"]}],
-                      group_size=1)
+        rewards.score(
+            "detection", ["[]"], [{"boxes": [[1, 2, 3]], "labels": ["dog"]}], group_size=1
+        )
 
 
 def test_value_ranges_follow_the_config():

@@ -1,5 +1,6 @@
 """The detection benchmark's baselines agree with the library on a small batch (keeps the
 benchmark honest and cross-checks the reward against two more per-sample implementations)."""
+
 import importlib.util
 import pathlib
 

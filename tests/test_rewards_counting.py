@@ -1,4 +1,5 @@
 """Counting reward vs an independent per-sample implementation of seed_spec A5 / DESIGN §3."""
+
 import math
 import re
 
@@ -10,8 +11,10 @@ from perception_rl import rewards
 
 NUM = r"-?\d+(?:\.\d+)?"
 INSIDE = rf"\s*\(\s*({NUM})\s*,\s*({NUM})\s*\)\s*,\s*\(\s*({NUM})\s*,\s*({NUM})\s*\)\s*"
-GATE = (r"<\|object_ref_start\|>[^<]*<\|object_ref_end\|>"
-        r"(?:<\|box_start\|>[^<]*<\|box_end\|>)+<\|im_end\|>")
+GATE = (
+    r"<\|object_ref_start\|>[^<]*<\|object_ref_end\|>"
+    r"(?:<\|box_start\|>[^<]*<\|box_end\|>)+<\|im_end\|>"
+)
 
 
 def centres(text):
@@ -69,8 +72,12 @@ def make_completion(rng, points):
     if kind == 6:
         return ""
     if kind == 7:  # out-of-frame, negative and overflowing coordinates
-        return head + "<|box_start|>(-3000,5),(9000,7.5)<|box_end|>" + body.replace(
-            "(", "(" + "9" * 400, 1) + "<|im_end|>"
+        return (
+            head
+            + "<|box_start|>(-3000,5),(9000,7.5)<|box_end|>"
+            + body.replace("(", "(" + "9" * 400, 1)
+            + "<|im_end|>"
+        )
     if kind == 8:  # nested box_start
         return head + "<|box_start|>" + body + "<|im_end|>"
     return "".join(rng.choice(list("<|>()[],0123456789 -.box_startend"), int(rng.integers(0, 60))))
@@ -80,19 +87,24 @@ def make_completion(rng, points):
 def test_matches_reference_on_generated_completions(matching):
     rng = np.random.default_rng(1)
     num_prompts, group = 256, 8
-    targets = [{"points": rng.integers(0, 1000, (int(rng.integers(0, 12)), 2)).tolist()}
-               for _ in range(num_prompts)]
+    targets = [
+        {"points": rng.integers(0, 1000, (int(rng.integers(0, 12)), 2)).tolist()}
+        for _ in range(num_prompts)
+    ]
     completions = [make_completion(rng, t["points"]) for t in targets for _ in range(group)]
     got = rewards.score("counting", completions, targets, group_size=group, matching=matching)
-    want = np.array([reference(c, targets[i // group]["points"], matching)
-                     for i, c in enumerate(completions)])
+    want = np.array(
+        [reference(c, targets[i // group]["points"], matching) for i, c in enumerate(completions)]
+    )
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert (want == 0).mean() > 0.2 and (want > 0.5).mean() > 0.2
 
 
 def test_known_value():
-    c = ("<|object_ref_start|>x<|object_ref_end|><|box_start|>(0,0),(20,20)<|box_end|>"
-         "<|box_start|>(100,100),(120,120)<|box_end|><|im_end|>")
+    c = (
+        "<|object_ref_start|>x<|object_ref_end|><|box_start|>(0,0),(20,20)<|box_end|>"
+        "<|box_start|>(100,100),(120,120)<|box_end|><|im_end|>"
+    )
     t = [{"points": [[10, 10], [110, 113], [500, 500]]}]
     want = 2 / 3 * (1 - 1.5 / (1000 * math.sqrt(2)))
     assert rewards.score("counting", [c], t, group_size=1)[0] == pytest.approx(want, abs=1e-6)

@@ -1,4 +1,5 @@
 """Detection reward vs an independent per-sample implementation of seed_spec A7 / DESIGN §3."""
+
 import json
 import math
 
@@ -36,10 +37,14 @@ def valid_element(item, vocabulary):
     if not isinstance(item, dict) or item.get("label") not in vocabulary:
         return False
     box = item.get("bbox_2d")
-    return (isinstance(box, list) and len(box) == 4
-            and all(type(v) in (int, float) for v in box)
-            and all(abs(v) <= 1e6 for v in box)  # False for nan; huge ints too
-            and box[2] >= box[0] and box[3] >= box[1])
+    return (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(type(v) in (int, float) for v in box)
+        and all(abs(v) <= 1e6 for v in box)  # False for nan; huge ints too
+        and box[2] >= box[0]
+        and box[3] >= box[1]
+    )
 
 
 def reference(text, target, *, penalty=True, vocabulary=COCO_CLASSES):
@@ -63,9 +68,17 @@ def reference(text, target, *, penalty=True, vocabulary=COCO_CLASSES):
     pred = f32([x["bbox_2d"] for x in good])
     pred_cls = [vocabulary.index(x["label"]) for x in good]
     hot, cold = (v / (math.e + len(vocabulary) - 1) for v in (math.e, 1.0))  # softmax(one-hot)
-    cost = np.array([[5 * sum(abs(u - v) for u, v in zip(cxcywh(p), cxcywh(g)))
-                      - (hot if pc == gc else cold) - 2 * giou(p, g) for g, gc in zip(gt, gt_cls)]
-                     for p, pc in zip(pred, pred_cls)])
+    cost = np.array(
+        [
+            [
+                5 * sum(abs(u - v) for u, v in zip(cxcywh(p), cxcywh(g)))
+                - (hot if pc == gc else cold)
+                - 2 * giou(p, g)
+                for g, gc in zip(gt, gt_cls)
+            ]
+            for p, pc in zip(pred, pred_cls)
+        ]
+    )
     rows, cols = linear_sum_assignment(cost)
     kept = [(i, j, iou(pred[i], gt[j])[0]) for i, j in zip(rows, cols)]
     kept = [(i, j, v) for i, j, v in kept if v > 0.5]
@@ -92,7 +105,10 @@ BAD_ELEMENTS = [
     {"bbox_2d": [1, 2, 3, 4], "label": ["dog"]},
     {"bbox_2d": [1, 2, 3, 4]},
     {"box": [1, 2, 3, 4], "label": "dog"},
-    "dog", 7, None, [1, 2, 3, 4],
+    "dog",
+    7,
+    None,
+    [1, 2, 3, 4],
 ]
 
 
@@ -105,8 +121,9 @@ def make_completion(rng, target):
             b = (np.array(box) + rng.normal(0, rng.choice([2.0, 15.0]), 4)).round(1)
             b[2:] = np.maximum(b[2:], b[:2])
             label = label if rng.random() < 0.85 else str(rng.choice(COCO_CLASSES))
-            items.append({"bbox_2d": [int(v) if rng.random() < 0.5 else float(v) for v in b],
-                          "label": label})
+            items.append(
+                {"bbox_2d": [int(v) if rng.random() < 0.5 else float(v) for v in b], "label": label}
+            )
     for _ in range(int(rng.integers(0, 3))):
         xy = rng.uniform(0, 600, 2).round(1)
         items.append({"bbox_2d": xy.tolist() + (xy + 40).tolist(), "label": "person"})
@@ -121,10 +138,17 @@ def make_completion(rng, target):
     if kind == 1:
         return text + "<|im_end|>"
     if kind == 6:  # NaN / Infinity literals and an int beyond float range
-        return text[:-1] + (", " if items else "") + rng.choice([
-            '{"bbox_2d": [NaN, 1, 2, 3], "label": "cat"}]',
-            '{"bbox_2d": [1, 1, Infinity, 3], "label": "cat"}]',
-            '{"bbox_2d": [1, 1, 1' + "0" * 400 + ', 3], "label": "cat"}]'])
+        return (
+            text[:-1]
+            + (", " if items else "")
+            + rng.choice(
+                [
+                    '{"bbox_2d": [NaN, 1, 2, 3], "label": "cat"}]',
+                    '{"bbox_2d": [1, 1, Infinity, 3], "label": "cat"}]',
+                    '{"bbox_2d": [1, 1, 1' + "0" * 400 + ', 3], "label": "cat"}]',
+                ]
+            )
+        )
     if kind == 7:  # invalid JSON: truncated, trailing prose, a dict
         a_dict = json.dumps({"bbox_2d": [1, 2, 3, 4]})
         return rng.choice([text[: len(text) // 2], text + " Done.", a_dict])
@@ -142,13 +166,16 @@ def test_matches_reference_on_generated_completions(penalty):
         n = int(rng.integers(0, 15))
         xy = rng.uniform(0, 560, (n, 2)).round(1)
         boxes = np.concatenate([xy, xy + rng.uniform(10, 120, (n, 2)).round(1)], 1)
-        targets.append({"boxes": boxes.tolist(),
-                        "labels": [str(s) for s in rng.choice(COCO_CLASSES[-6:], n)]})
+        targets.append(
+            {"boxes": boxes.tolist(), "labels": [str(s) for s in rng.choice(COCO_CLASSES[-6:], n)]}
+        )
     completions = [make_completion(rng, t) for t in targets for _ in range(group)]
-    got = rewards.score("detection", completions, targets, group_size=group,
-                        missing_penalty=penalty)
-    want = np.array([reference(c, targets[i // group], penalty=penalty)
-                     for i, c in enumerate(completions)])
+    got = rewards.score(
+        "detection", completions, targets, group_size=group, missing_penalty=penalty
+    )
+    want = np.array(
+        [reference(c, targets[i // group], penalty=penalty) for i, c in enumerate(completions)]
+    )
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert (want == 0).mean() > 0.05 and (want > 2).mean() > 0.2
     assert ((want > 0) & (want <= 0.25)).mean() > 0.05
@@ -156,8 +183,12 @@ def test_matches_reference_on_generated_completions(penalty):
 
 def test_known_values_and_fixed_bugs():
     t = [{"boxes": [[10, 10, 100, 100], [200, 200, 300, 300]], "labels": ["dog", "toothbrush"]}]
-    exact = json.dumps([{"bbox_2d": [10, 10, 100, 100], "label": "dog"},
-                        {"bbox_2d": [200, 200, 300, 300], "label": "toothbrush"}])
+    exact = json.dumps(
+        [
+            {"bbox_2d": [10, 10, 100, 100], "label": "dog"},
+            {"bbox_2d": [200, 200, 300, 300], "label": "toothbrush"},
+        ]
+    )
     assert rewards.score("detection", [exact], t, group_size=1)[0] == pytest.approx(3.0)
     # One inverted box invalidates only itself: fmt 2/3, both GT matched, no penalty.
     extra = exact[:-1] + ', {"bbox_2d": [50, 50, 40, 60], "label": "dog"}]'
@@ -169,10 +200,17 @@ def test_known_values_and_fixed_bugs():
 def test_custom_vocabulary_and_unknown_target_label():
     vocab = ("person", "car")
     t = [{"boxes": [[0, 0, 10, 10]], "labels": ["car"]}]
-    c = json.dumps([{"bbox_2d": [0, 0, 10, 10], "label": "car"},
-                    {"bbox_2d": [0, 0, 1, 1], "label": "dog"}])
+    c = json.dumps(
+        [{"bbox_2d": [0, 0, 10, 10], "label": "car"}, {"bbox_2d": [0, 0, 1, 1], "label": "dog"}]
+    )
     assert rewards.score("detection", [c], t, group_size=1, vocabulary=vocab)[0] == pytest.approx(
-        reference(c, t[0], vocabulary=vocab), abs=1e-6)
+        reference(c, t[0], vocabulary=vocab), abs=1e-6
+    )
     with pytest.raises(ValueError, match="vocabulary"):
-        rewards.score("detection", [c], [{"boxes": [[0, 0, 1, 1]], "labels": ["dog"]}],
-                      group_size=1, vocabulary=vocab)
+        rewards.score(
+            "detection",
+            [c],
+            [{"boxes": [[0, 0, 1, 1]], "labels": ["dog"]}],
+            group_size=1,
+            vocabulary=vocab,
+        )

@@ -1,4 +1,5 @@
 """DIP-R1 reward (the seed_spec B3 reconstruction) vs an independent per-group implementation."""
+
 import json
 import re
 
@@ -36,8 +37,14 @@ def box_list(block):
     good = []
     for x in items:
         b = x.get("bbox_2d") if isinstance(x, dict) else None
-        if (isinstance(b, list) and len(b) == 4 and all(type(v) in (int, float) for v in b)
-                and all(abs(v) <= 1e6 for v in b) and b[2] >= b[0] and b[3] >= b[1]):
+        if (
+            isinstance(b, list)
+            and len(b) == 4
+            and all(type(v) in (int, float) for v in b)
+            and all(abs(v) <= 1e6 for v in b)
+            and b[2] >= b[0]
+            and b[3] >= b[1]
+        ):
             good.append([float(np.float32(v)) for v in b])
     return True, good, len(good) == len(items)
 
@@ -45,7 +52,7 @@ def box_list(block):
 def block(text, tag):
     start = text.find(f"<{tag}>")
     end = text.find(f"</{tag}>", start + len(tag) + 2) if start >= 0 else -1
-    return text[start + len(tag) + 2:end] if end >= 0 else None
+    return text[start + len(tag) + 2 : end] if end >= 0 else None
 
 
 def reference_group(texts, target, w_p=0.4, w_r=0.6, max_look=8):
@@ -69,8 +76,12 @@ def reference_group(texts, target, w_p=0.4, w_r=0.6, max_look=8):
     for fmt, answer_ok, answers, looks in rollouts:
         covered = np.array([any(iou(b, g) >= 0.5 for b in looks) for g in gt], float)
         look = float((u * covered).sum() / u.sum()) if u.sum() > 0 else 0.0
-        counted = [a for a in answers if any(iou(a, g) >= 0.5 for g in gt)
-                   or not any(area(a) > 0 and overlap(a, z) / area(a) >= 0.5 for z in ignore)]
+        counted = [
+            a
+            for a in answers
+            if any(iou(a, g) >= 0.5 for g in gt)
+            or not any(area(a) > 0 and overlap(a, z) / area(a) >= 0.5 for z in ignore)
+        ]
         adjacency = np.array([[iou(a, g) >= 0.5 for g in gt] for a in answers], float)
         adjacency = adjacency.reshape(len(answers), len(gt))
         rows, cols = linear_sum_assignment(-adjacency) if adjacency.size else ([], [])
@@ -88,21 +99,30 @@ def reference_group(texts, target, w_p=0.4, w_r=0.6, max_look=8):
 
 def make_completion(rng, target):
     gt = target["boxes"]
+
     def boxes(p, jitter):
         chosen = [b for b in gt if rng.random() < p]
         chosen += [[5, 5, 30, 40]] * int(rng.random() < 0.2)  # a false positive
         moved = [(np.array(b) + rng.normal(0, jitter, 4)).round(1).tolist() for b in chosen]
         return [{"bbox_2d": b, "label": "person"} for b in moved]
+
     look = json.dumps(boxes(0.4, 3.0))
     answer = json.dumps(boxes(rng.choice([0.5, 0.9]), rng.choice([2.0, 25.0])))
     kind = rng.integers(12)
-    text = (f"<think>Crowded, some people overlap.</think>\n<look>{look}</look>\n"
-            f"<answer>{answer}</answer>")
+    text = (
+        f"<think>Crowded, some people overlap.</think>\n<look>{look}</look>\n"
+        f"<answer>{answer}</answer>"
+    )
     if kind == 0:
         return text + "<|im_end|>"
     if kind == 1:  # tags out of order / duplicated / missing
-        return rng.choice([text.replace("<think>", "<look>", 1), text + "<answer>[]</answer>",
-                           text.replace("<look>", "").replace("</look>", "")])
+        return rng.choice(
+            [
+                text.replace("<think>", "<look>", 1),
+                text + "<answer>[]</answer>",
+                text.replace("<look>", "").replace("</look>", ""),
+            ]
+        )
     if kind == 2:  # prose outside the blocks
         return rng.choice(["Sure! " + text, text + " Done."])
     if kind == 3:  # invalid JSON or an invalid element in the look block
@@ -129,8 +149,12 @@ def test_matches_reference_on_generated_groups():
         targets.append(target)
     completions = [make_completion(rng, t) for t in targets for _ in range(group)]
     got = rewards.score_components("dip", completions, targets, group_size=group)
-    want = np.concatenate([reference_group(completions[i * group:(i + 1) * group], t)
-                           for i, t in enumerate(targets)])
+    want = np.concatenate(
+        [
+            reference_group(completions[i * group : (i + 1) * group], t)
+            for i, t in enumerate(targets)
+        ]
+    )
     np.testing.assert_allclose(got["total"], want, atol=1e-6, rtol=0)
     assert 0.2 < got["format"].mean() < 0.9 and (got["look"] > 0).mean() > 0.1
     assert ((got["accuracy"] > 0) & (got["accuracy"] < 1)).mean() > 0.2
@@ -138,13 +162,20 @@ def test_matches_reference_on_generated_groups():
 
 def test_look_rewards_covering_the_uncertain_instance():
     gt = [[0, 0, 10, 10], [100, 100, 120, 120]]
+
     def completion(look, answer):
         look, answer = ([{"bbox_2d": b} for b in x] for x in (look, answer))
-        return (f"<think>t</think><look>{json.dumps(look)}</look>"
-                f"<answer>{json.dumps(answer)}</answer>")
+        return (
+            f"<think>t</think><look>{json.dumps(look)}</look><answer>{json.dumps(answer)}</answer>"
+        )
+
     # Instance 0 is found by every rollout (variance 0); instance 1 by half (variance 0.25).
-    texts = [completion([gt[1]], gt), completion([gt[0]], gt),
-             completion([gt[1]], gt[:1]), completion([], gt[:1])]
+    texts = [
+        completion([gt[1]], gt),
+        completion([gt[0]], gt),
+        completion([gt[1]], gt[:1]),
+        completion([], gt[:1]),
+    ]
     parts = rewards.score_components("dip", texts, [{"boxes": gt}], group_size=4)
     np.testing.assert_allclose(parts["look"], [1, 0, 1, 0])
     np.testing.assert_allclose(parts["recall"], [1, 1, 0.5, 0.5])
@@ -154,8 +185,12 @@ def test_look_rewards_covering_the_uncertain_instance():
 def test_empty_sets_and_ignore_regions():
     t = [{"boxes": [], "ignore": [[0, 0, 50, 50]]}]
     ok = "<think></think><look>[]</look><answer>{}</answer>"
-    texts = [ok.format("[]"), ok.format('[{"bbox_2d": [10, 10, 20, 20]}]'),
-             ok.format('[{"bbox_2d": [100, 100, 120, 120]}]'), "<answer>oops</answer>"]
+    texts = [
+        ok.format("[]"),
+        ok.format('[{"bbox_2d": [10, 10, 20, 20]}]'),
+        ok.format('[{"bbox_2d": [100, 100, 120, 120]}]'),
+        "<answer>oops</answer>",
+    ]
     parts = rewards.score_components("dip", texts, t * 4, group_size=1)
     # The 2nd completion's box lies in the ignore region, so it is not a false positive.
     np.testing.assert_allclose(parts["accuracy"], [1, 1, 0, 0])

@@ -1,4 +1,5 @@
 """Host-side matchings and jitted box geometry against brute force / plain Python."""
+
 import itertools
 
 import jax
@@ -24,10 +25,10 @@ def test_hungarian_is_optimal_on_the_valid_block_only():
     for b in range(40):
         a = assignment[b]
         assert a.sum() == min(rows[b], cols[b])
-        assert not a[rows[b]:].any() and not a[:, cols[b]:].any()
+        assert not a[rows[b] :].any() and not a[:, cols[b] :].any()
         assert (a.sum(0) <= 1).all() and (a.sum(1) <= 1).all()
         if a.any():
-            best = brute_force_min_cost(cost[b, :rows[b], :cols[b]].astype(np.float64))
+            best = brute_force_min_cost(cost[b, : rows[b], : cols[b]].astype(np.float64))
             assert cost[b][a].sum() == pytest.approx(best, rel=1e-6)
 
 

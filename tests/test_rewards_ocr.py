@@ -1,4 +1,5 @@
 """OCR reward vs rapidfuzz's Levenshtein distance (seed_spec A6 / DESIGN §3)."""
+
 import re
 
 import numpy as np
@@ -67,8 +68,9 @@ def test_levenshtein_kernel_matches_rapidfuzz(shapes):
     b = rng.integers(0, 4, (200, lb)).astype(np.int32)
     len_a, len_b = rng.integers(0, la + 1, 200), rng.integers(0, lb + 1, 200)
     got = np.asarray(ocr.levenshtein(a, len_a.astype(np.int32), b, len_b.astype(np.int32)))
-    want = [Levenshtein.distance(list(x[:n]), list(y[:m]))
-            for x, n, y, m in zip(a, len_a, b, len_b)]
+    want = [
+        Levenshtein.distance(list(x[:n]), list(y[:m])) for x, n, y, m in zip(a, len_a, b, len_b)
+    ]
     np.testing.assert_array_equal(got, want)
 
 
@@ -76,13 +78,15 @@ def test_long_strings_use_the_prefix_upper_bound():
     rng = np.random.default_rng(3)
     gt = random_text(rng, 300).replace(" ", "x")
     pred = near_miss(rng, gt)[:250] + "y" * 90
-    got = rewards.score("ocr", [pred], [{"text": gt}], group_size=1, max_chars=64,
-                        collapse_whitespace=False)[0]
+    got = rewards.score(
+        "ocr", [pred], [{"text": gt}], group_size=1, max_chars=64, collapse_whitespace=False
+    )[0]
     bound = Levenshtein.distance(pred[:64], gt[:64]) + max(len(pred), len(gt)) - 64
     assert got == pytest.approx(max(0.0, 1 - bound / max(len(pred), len(gt))), abs=1e-6)
     assert got <= reference(pred, gt, collapse=False) + 1e-6  # never above the exact value
-    exact = rewards.score("ocr", [pred], [{"text": gt}], group_size=1, max_chars=512,
-                          collapse_whitespace=False)[0]
+    exact = rewards.score(
+        "ocr", [pred], [{"text": gt}], group_size=1, max_chars=512, collapse_whitespace=False
+    )[0]
     assert exact == pytest.approx(reference(pred, gt, collapse=False), abs=1e-6)
 
 

@@ -1,4 +1,5 @@
 """Host parsers: padded layout, validity rules, precedence and format checks."""
+
 import numpy as np
 import pytest
 
@@ -22,12 +23,16 @@ def test_pack_pads_caps_and_keeps_order():
 
 def test_json_boxes_validity_counts_and_cap():
     texts = [
-        ('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "dog"},'
-         ' {"bbox_2d": [5, 5, 4, 9], "label": "dog"},'
-         ' {"bbox_2d": [1, 2, 3, 4], "label": "cat"},'
-         ' {"bbox_2d": [1, 2, 3, "4"], "label": "dog"}]\n```'),
-        ('[{"bbox_2d": [0, 0, 1e400, 1], "label": "person"},'
-         ' {"bbox_2d": [0, 0, NaN, 1], "label": "dog"}]'),
+        (
+            '```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "dog"},'
+            ' {"bbox_2d": [5, 5, 4, 9], "label": "dog"},'
+            ' {"bbox_2d": [1, 2, 3, 4], "label": "cat"},'
+            ' {"bbox_2d": [1, 2, 3, "4"], "label": "dog"}]\n```'
+        ),
+        (
+            '[{"bbox_2d": [0, 0, 1e400, 1], "label": "person"},'
+            ' {"bbox_2d": [0, 0, NaN, 1], "label": "dog"}]'
+        ),
         '{"bbox_2d": [1, 2, 3, 4], "label": "dog"}',
         "[" + ", ".join(['{"bbox_2d": [0, 0, 1, 1], "label": "person"}'] * 20) + "]<|im_end|>",
         None,
@@ -43,20 +48,25 @@ def test_json_boxes_validity_counts_and_cap():
 
 
 def test_qwen2_boxes_spans():
-    text = ("<|box_start|>(1,2),(3,4)<|box_end|><|box_start|>( 5.5 , -6 ), (7,8)<|box_end|>"
-            "<|box_start|>(1,2)<|box_end|><|box_start|><|box_start|>(9,9),(8,8)<|box_end|>")
+    text = (
+        "<|box_start|>(1,2),(3,4)<|box_end|><|box_start|>( 5.5 , -6 ), (7,8)<|box_end|>"
+        "<|box_start|>(1,2)<|box_end|><|box_start|><|box_start|>(9,9),(8,8)<|box_end|>"
+    )
     got = parse.qwen2_boxes([text], rows=1, max_boxes=64, max_abs=1e6)
     assert got.num_valid.tolist() == [3]
     np.testing.assert_array_equal(got.boxes[0, :3], [[1, 2, 3, 4], [5.5, -6, 7, 8], [9, 9, 8, 8]])
 
 
-@pytest.mark.parametrize("text, box", [
-    ("(1,2),(3,4) then (5, 6, 7, 8) then [9, 10, 11, 12]", [9, 10, 11, 12]),
-    ("(1,2),(3,4) then (5, 6, 7, 8)", [5, 6, 7, 8]),
-    ("<|box_start|>(1,2),(3,4)<|endoftext|><|box_end|>", [1, 2, 3, 4]),
-    ("[1, 2, 3]", None),
-    ("[4, 3, 2, 1]", None),  # inverted
-])
+@pytest.mark.parametrize(
+    "text, box",
+    [
+        ("(1,2),(3,4) then (5, 6, 7, 8) then [9, 10, 11, 12]", [9, 10, 11, 12]),
+        ("(1,2),(3,4) then (5, 6, 7, 8)", [5, 6, 7, 8]),
+        ("<|box_start|>(1,2),(3,4)<|endoftext|><|box_end|>", [1, 2, 3, 4]),
+        ("[1, 2, 3]", None),
+        ("[4, 3, 2, 1]", None),  # inverted
+    ],
+)
 def test_first_box_precedence(text, box):
     got = parse.first_box([text], rows=2, max_abs=1e6)
     assert got.valid[:, 0].tolist() == [box is not None, False]
@@ -65,8 +75,9 @@ def test_first_box_precedence(text, box):
 
 
 def test_grounding_format_modes():
-    good = ("<|object_ref_start|>a dog<|object_ref_end|>"
-            "<|box_start|>(1,2),(3,4)<|box_end|><|im_end|>")
+    good = (
+        "<|object_ref_start|>a dog<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|><|im_end|>"
+    )
     texts = [good, good.replace("<|im_end|>", ""), "x" + good, "box_start whatever", ">"]
     strict = parse.grounding_format(texts, "strict", rows=6)
     lenient = parse.grounding_format(texts, "pr1_lenient", rows=5)
@@ -76,28 +87,36 @@ def test_grounding_format_modes():
 
 def test_counting_gate():
     head = "<|object_ref_start|>birds<|object_ref_end|>"
-    texts = [head + "<|box_start|>(1,2),(3,4)<|box_end|><|im_end|>", head + "<|im_end|>",
-             head + "<|box_start|>anything<|box_end|><|im_end|>junk", " " + head]
+    texts = [
+        head + "<|box_start|>(1,2),(3,4)<|box_end|><|im_end|>",
+        head + "<|im_end|>",
+        head + "<|box_start|>anything<|box_end|><|im_end|>junk",
+        " " + head,
+    ]
     np.testing.assert_array_equal(parse.counting_format(texts, rows=4), [1, 0, 1, 0])
 
 
-@pytest.mark.parametrize("text, strict", [
-    ("<think>a</think><look>[]</look><answer>[]</answer>", True),
-    ("<think>a\nb</think>\n <look>[]</look>\n<answer>[]</answer>\n<|im_end|>", True),
-    ("<think>a</think>x<look>[]</look><answer>[]</answer>", False),
-    (" <think>a</think><look>[]</look><answer>[]</answer>", False),
-    ("<look>[]</look><think>a</think><answer>[]</answer>", False),
-    ("<think><think>a</think><look>[]</look><answer>[]</answer>", False),
-    ("<think>a</think><answer>[]</answer>", False),
-])
+@pytest.mark.parametrize(
+    "text, strict",
+    [
+        ("<think>a</think><look>[]</look><answer>[]</answer>", True),
+        ("<think>a\nb</think>\n <look>[]</look>\n<answer>[]</answer>\n<|im_end|>", True),
+        ("<think>a</think>x<look>[]</look><answer>[]</answer>", False),
+        (" <think>a</think><look>[]</look><answer>[]</answer>", False),
+        ("<look>[]</look><think>a</think><answer>[]</answer>", False),
+        ("<think><think>a</think><look>[]</look><answer>[]</answer>", False),
+        ("<think>a</think><answer>[]</answer>", False),
+    ],
+)
 def test_tagged_blocks_strictness(text, strict):
     got = parse.tagged_blocks([text], ("think", "look", "answer"), rows=1)
     assert bool(got.strict[0]) is strict
 
 
 def test_tagged_blocks_contents():
-    got = parse.tagged_blocks(["<look>L</look> <answer>A", "</answer><answer>B</answer>"],
-                              ("look", "answer"), rows=2)
+    got = parse.tagged_blocks(
+        ["<look>L</look> <answer>A", "</answer><answer>B</answer>"], ("look", "answer"), rows=2
+    )
     assert got.contents == {"look": ["L", None], "answer": [None, "B"]}
 
 

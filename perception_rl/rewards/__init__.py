@@ -8,6 +8,7 @@ edit distances over the whole batch, and only Hungarian matching runs per item o
     parts = rewards.score_components("grounding", completions, targets, group_size=8,
                                      format_check="pr1_lenient")
 """
+
 from perception_rl.rewards.registry import (
     REWARDS,
     Reward,

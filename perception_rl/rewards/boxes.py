@@ -6,6 +6,7 @@ broadcastable views, so ``iou(*pairs(a, b))`` is the ``[..., N, M]`` IoU matrix.
 whose denominator is not positive give 0, never nan or inf, so padded (all-zero) slots stay
 finite and masks decide what counts.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp

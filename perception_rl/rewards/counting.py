@@ -11,6 +11,7 @@ set is empty. ``distance_scale`` is 1000·√2, the diagonal of Qwen2-VL's 0-100
 ``matching='sequential'`` is the paper's "w/o reward matching" ablation. Target:
 ``{"points": [[x, y], ...]}``. Range: [0, 1].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,9 +53,15 @@ def distance_matrix(pred_boxes: jax.Array, gt_points: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def counting_terms(pred_boxes: jax.Array, num_pred: jax.Array, gt_points: jax.Array,
-                   num_gt: jax.Array, assignment: jax.Array, fmt: jax.Array,
-                   config: CountingConfig) -> dict[str, jax.Array]:
+def counting_terms(
+    pred_boxes: jax.Array,
+    num_pred: jax.Array,
+    gt_points: jax.Array,
+    num_gt: jax.Array,
+    assignment: jax.Array,
+    fmt: jax.Array,
+    config: CountingConfig,
+) -> dict[str, jax.Array]:
     """Array part of the reward, given the host-side ``assignment`` (bool ``[B, N, M]``).
 
     Returns:
@@ -68,17 +75,29 @@ def counting_terms(pred_boxes: jax.Array, num_pred: jax.Array, gt_points: jax.Ar
     num_pred, num_gt = num_pred.astype(jnp.float32), num_gt.astype(jnp.float32)
     ratio = boxes.safe_div(jnp.minimum(num_pred, num_gt), jnp.maximum(num_pred, num_gt))
     gate = fmt * ((num_pred > 0) & (num_gt > 0))
-    return {"format": fmt, "count_ratio": ratio, "closeness": closeness,
-            "total": gate * ratio * closeness}
+    return {
+        "format": fmt,
+        "count_ratio": ratio,
+        "closeness": closeness,
+        "total": gate * ratio * closeness,
+    }
 
 
-def counting(completions: Sequence[str], targets: Sequence[Mapping], *, group_size: int,
-             rows: int, config: CountingConfig) -> dict[str, np.ndarray]:
+def counting(
+    completions: Sequence[str],
+    targets: Sequence[Mapping],
+    *,
+    group_size: int,
+    rows: int,
+    config: CountingConfig,
+) -> dict[str, np.ndarray]:
     """Counting reward components over ``rows`` padded completions (see module doc)."""
-    pred = parse.qwen2_boxes(completions, rows=rows, max_boxes=config.max_boxes,
-                             max_abs=config.max_abs_coordinate)
-    gt, gt_valid = layout.per_completion(layout.target_rows(targets, "points", 2), group_size, rows,
-                                          width=2)
+    pred = parse.qwen2_boxes(
+        completions, rows=rows, max_boxes=config.max_boxes, max_abs=config.max_abs_coordinate
+    )
+    gt, gt_valid = layout.per_completion(
+        layout.target_rows(targets, "points", 2), group_size, rows, width=2
+    )
     num_rows, num_gt = pred.valid.sum(1), gt_valid.sum(1)
     if config.matching == "hungarian":
         cost = np.asarray(distance_matrix(pred.boxes, gt))

@@ -18,6 +18,7 @@ label, the class cost compares like with like, and an inverted box invalidates o
 element. Predictions beyond ``max_predictions`` count in N_pred but are not matched.
 Target: ``{"boxes": [[x1, y1, x2, y2], ...], "labels": [str, ...]}``. Range: [0, 3].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ import numpy as np
 
 from perception_rl.rewards import boxes, layout, matching, parse
 
+# fmt: off
 COCO_CLASSES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -43,6 +45,7 @@ COCO_CLASSES = (
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush",
 )  # the 80 COCO category names in standard (category-id) order
+# fmt: on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,22 +89,30 @@ class DetectionConfig:
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def matching_cost(pred: parse.BoxSet, gt: jax.Array, gt_labels: jax.Array,
-                  config: DetectionConfig) -> jax.Array:
+def matching_cost(
+    pred: parse.BoxSet, gt: jax.Array, gt_labels: jax.Array, config: DetectionConfig
+) -> jax.Array:
     """DETR matching cost ``[B, N, M]`` between padded predictions and ground truth."""
     p, g = boxes.pairs(pred.boxes, gt)
     # softmax of a one-hot logit row over K classes: e/(e+K-1) at the hot class, 1/(e+K-1) else.
     denominator = math.e + len(config.vocabulary) - 1
     same = pred.labels[:, :, None] == gt_labels[:, None, :]
     class_prob = jnp.where(same, math.e / denominator, 1.0 / denominator)
-    return (config.cost_l1 * boxes.l1(boxes.to_cxcywh(p), boxes.to_cxcywh(g))
-            - config.cost_class * class_prob
-            - config.cost_giou * boxes.giou(p, g, config.box_eps))
+    return (
+        config.cost_l1 * boxes.l1(boxes.to_cxcywh(p), boxes.to_cxcywh(g))
+        - config.cost_class * class_prob
+        - config.cost_giou * boxes.giou(p, g, config.box_eps)
+    )
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def detection_terms(pred: parse.BoxSet, gt: jax.Array, gt_labels: jax.Array,
-                    assignment: jax.Array, config: DetectionConfig) -> dict[str, jax.Array]:
+def detection_terms(
+    pred: parse.BoxSet,
+    gt: jax.Array,
+    gt_labels: jax.Array,
+    assignment: jax.Array,
+    config: DetectionConfig,
+) -> dict[str, jax.Array]:
     """Array part of the reward, given the host-side ``assignment`` (bool ``[B, N, M]``).
 
     Returns:
@@ -123,10 +134,21 @@ def detection_terms(pred: parse.BoxSet, gt: jax.Array, gt_labels: jax.Array,
     missing = boxes.safe_div(num_pred - m, num_pred) + boxes.safe_div(num_gt - m, num_gt)
     missing = jnp.where(scored & config.missing_penalty, missing, 0.0)
     f1, class_acc, mean_iou = (jnp.where(scored, x, 0.0) for x in (f1, class_acc, mean_iou))
-    reward = (config.format_weight * fmt + config.f1_weight * f1 + config.class_weight * class_acc
-              + config.iou_weight * mean_iou - config.penalty_weight * missing)
-    return {"format": fmt, "f1": f1, "class_accuracy": class_acc, "mean_iou": mean_iou,
-            "missing": missing, "total": jnp.clip(reward, config.clip_min, config.clip_max)}
+    reward = (
+        config.format_weight * fmt
+        + config.f1_weight * f1
+        + config.class_weight * class_acc
+        + config.iou_weight * mean_iou
+        - config.penalty_weight * missing
+    )
+    return {
+        "format": fmt,
+        "f1": f1,
+        "class_accuracy": class_acc,
+        "mean_iou": mean_iou,
+        "missing": missing,
+        "total": jnp.clip(reward, config.clip_min, config.clip_max),
+    }
 
 
 def ground_truth(targets: Sequence[Mapping], config: DetectionConfig) -> tuple[list, list]:
@@ -141,18 +163,30 @@ def ground_truth(targets: Sequence[Mapping], config: DetectionConfig) -> tuple[l
     for i, (target, b) in enumerate(zip(targets, gt_boxes)):
         labels = list(target["labels"])
         if len(labels) != len(b) or not set(labels) <= index.keys():
-            raise ValueError(f"targets[{i}]: labels must be {len(b)} names from the vocabulary, "
-                             f"got {labels!r}")
+            raise ValueError(
+                f"targets[{i}]: labels must be {len(b)} names from the vocabulary, got {labels!r}"
+            )
         gt_labels.append(np.array([index[label] for label in labels], np.float64).reshape(-1, 1))
     return gt_boxes, gt_labels
 
 
-def detection(completions: Sequence[str], targets: Sequence[Mapping], *, group_size: int,
-              rows: int, config: DetectionConfig) -> dict[str, np.ndarray]:
+def detection(
+    completions: Sequence[str],
+    targets: Sequence[Mapping],
+    *,
+    group_size: int,
+    rows: int,
+    config: DetectionConfig,
+) -> dict[str, np.ndarray]:
     """Detection reward components over ``rows`` padded completions (see module doc)."""
     vocabulary = {name: i for i, name in enumerate(config.vocabulary)}
-    pred = parse.json_boxes(completions, rows=rows, max_boxes=config.max_predictions,
-                            max_abs=config.max_abs_coordinate, vocabulary=vocabulary)
+    pred = parse.json_boxes(
+        completions,
+        rows=rows,
+        max_boxes=config.max_predictions,
+        max_abs=config.max_abs_coordinate,
+        vocabulary=vocabulary,
+    )
     gt_boxes, gt_labels = ground_truth(targets, config)
     gt, gt_valid = layout.per_completion(gt_boxes, group_size, rows, width=4)
     labels, _ = layout.per_completion(gt_labels, group_size, rows, width=1)

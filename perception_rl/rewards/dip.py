@@ -23,6 +23,7 @@ implemented here is the project's documented reconstruction, every constant conf
 Target: ``{"boxes": [[x1, y1, x2, y2], ...], "ignore": [[...], ...] (optional)}`` in the policy's
 coordinates (pixels for Qwen2.5-VL). Range: [0, 3] by default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,17 +74,27 @@ class DipConfig:
 
 
 @functools.partial(jax.jit, static_argnames="match_iou")
-def hit_matrix(answer: jax.Array, answer_valid: jax.Array, gt: jax.Array, gt_valid: jax.Array,
-               match_iou: float) -> jax.Array:
+def hit_matrix(
+    answer: jax.Array, answer_valid: jax.Array, gt: jax.Array, gt_valid: jax.Array, match_iou: float
+) -> jax.Array:
     """bool ``[B, N, M]``: answer box n and instance m overlap with IoU >= match_iou."""
     hit = boxes.iou(*boxes.pairs(answer, gt)) >= match_iou
     return hit & answer_valid[:, :, None] & gt_valid[:, None, :]
 
 
 @functools.partial(jax.jit, static_argnames=("group_size", "config"))
-def dip_terms(answer: parse.BoxSet, look: parse.BoxSet, gt: jax.Array, gt_valid: jax.Array,
-              ignore: jax.Array, ignore_valid: jax.Array, matched: jax.Array, fmt: jax.Array,
-              group_size: int, config: DipConfig) -> dict[str, jax.Array]:
+def dip_terms(
+    answer: parse.BoxSet,
+    look: parse.BoxSet,
+    gt: jax.Array,
+    gt_valid: jax.Array,
+    ignore: jax.Array,
+    ignore_valid: jax.Array,
+    matched: jax.Array,
+    fmt: jax.Array,
+    group_size: int,
+    config: DipConfig,
+) -> dict[str, jax.Array]:
     """Array part of the reward, given the host-side maximum matching ``matched`` ``[B, N, M]``.
 
     Rows are prompt-major, so ``[B] -> [B / G, G]`` regroups the rollouts of each prompt.
@@ -109,29 +120,59 @@ def dip_terms(answer: parse.BoxSet, look: parse.BoxSet, gt: jax.Array, gt_valid:
     precision = jnp.where(both_empty, 1.0, boxes.safe_div(m, num_pred)) * answer.parsed
     recall = jnp.where(both_empty, 1.0, boxes.safe_div(m, num_gt)) * answer.parsed
     accuracy = config.precision_weight * precision + config.recall_weight * recall
-    total = (config.format_weight * fmt + config.look_weight * look_reward
-             + config.accuracy_weight * accuracy)
-    return {"format": fmt, "look": look_reward, "precision": precision, "recall": recall,
-            "accuracy": accuracy, "total": total}
+    total = (
+        config.format_weight * fmt
+        + config.look_weight * look_reward
+        + config.accuracy_weight * accuracy
+    )
+    return {
+        "format": fmt,
+        "look": look_reward,
+        "precision": precision,
+        "recall": recall,
+        "accuracy": accuracy,
+        "total": total,
+    }
 
 
-def dip(completions: Sequence[str], targets: Sequence[Mapping], *, group_size: int, rows: int,
-        config: DipConfig) -> dict[str, np.ndarray]:
+def dip(
+    completions: Sequence[str],
+    targets: Sequence[Mapping],
+    *,
+    group_size: int,
+    rows: int,
+    config: DipConfig,
+) -> dict[str, np.ndarray]:
     """DIP-R1 reward components over ``rows`` padded completions (see module doc)."""
     blocks = parse.tagged_blocks(completions, TAGS, rows=rows)
-    sets = {tag: parse.json_boxes(blocks.contents[tag], rows=rows, max_boxes=cap,
-                                  max_abs=config.max_abs_coordinate)
-            for tag, cap in (("answer", config.max_boxes), ("look", config.max_look_boxes))}
+    sets = {
+        tag: parse.json_boxes(
+            blocks.contents[tag], rows=rows, max_boxes=cap, max_abs=config.max_abs_coordinate
+        )
+        for tag, cap in (("answer", config.max_boxes), ("look", config.max_look_boxes))
+    }
     fmt = blocks.strict.copy()
     for s in sets.values():
         fmt &= s.parsed & (s.num_valid == s.num_elements)
-    gt, gt_valid = layout.per_completion(layout.target_rows(targets, "boxes", 4), group_size,
-                                         rows, width=4)
+    gt, gt_valid = layout.per_completion(
+        layout.target_rows(targets, "boxes", 4), group_size, rows, width=4
+    )
     ignore, ignore_valid = layout.per_completion(
-        layout.target_rows(targets, "ignore", 4, required=False), group_size, rows, width=4)
+        layout.target_rows(targets, "ignore", 4, required=False), group_size, rows, width=4
+    )
     answer = sets["answer"]
     hits = hit_matrix(answer.boxes, answer.valid, gt, gt_valid, config.match_iou)
     matched = matching.maximum_matching(np.asarray(hits), answer.valid.sum(1), gt_valid.sum(1))
-    terms = dip_terms(answer, sets["look"], gt, gt_valid, ignore, ignore_valid, matched,
-                      fmt.astype(np.float32), group_size, config)
+    terms = dip_terms(
+        answer,
+        sets["look"],
+        gt,
+        gt_valid,
+        ignore,
+        ignore_valid,
+        matched,
+        fmt.astype(np.float32),
+        group_size,
+        config,
+    )
     return {k: np.asarray(v) for k, v in terms.items()}

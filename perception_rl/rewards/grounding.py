@@ -9,6 +9,7 @@ the released regex (any completion starting with a special token passes) and ``'
 the Qwen2.5-VL JSON form. Target: ``{"box": [x1, y1, x2, y2]}`` in the policy's coordinates.
 Range: [0, accuracy_weight + format_weight] = [0, 2] by default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,9 @@ class GroundingConfig:
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def grounding_terms(pred: jax.Array, valid: jax.Array, gt: jax.Array,
-                    fmt: jax.Array, config: GroundingConfig) -> dict[str, jax.Array]:
+def grounding_terms(
+    pred: jax.Array, valid: jax.Array, gt: jax.Array, fmt: jax.Array, config: GroundingConfig
+) -> dict[str, jax.Array]:
     """Array part of the reward.
 
     Args:
@@ -57,17 +59,25 @@ def grounding_terms(pred: jax.Array, valid: jax.Array, gt: jax.Array,
       ``iou``, ``format`` and ``total``, each ``[B]``.
     """
     iou = jnp.where(valid[:, 0], boxes.iou(pred[:, 0], gt), 0.0)
-    total = config.accuracy_weight * iou ** config.iou_power + config.format_weight * fmt
+    total = config.accuracy_weight * iou**config.iou_power + config.format_weight * fmt
     return {"iou": iou, "format": fmt, "total": total}
 
 
-def grounding(completions: Sequence[str], targets: Sequence[Mapping], *, group_size: int,
-              rows: int, config: GroundingConfig) -> dict[str, np.ndarray]:
+def grounding(
+    completions: Sequence[str],
+    targets: Sequence[Mapping],
+    *,
+    group_size: int,
+    rows: int,
+    config: GroundingConfig,
+) -> dict[str, np.ndarray]:
     """Grounding reward components over ``rows`` padded completions (see module doc)."""
     pred = parse.first_box(completions, rows=rows, max_abs=config.max_abs_coordinate)
-    fmt = parse.grounding_format(completions, config.format_check, rows=rows,
-                                 max_abs=config.max_abs_coordinate)
-    gt, _ = layout.per_completion(layout.target_rows(targets, "box", 4), group_size, rows,
-                                  width=4, minimum=1)
+    fmt = parse.grounding_format(
+        completions, config.format_check, rows=rows, max_abs=config.max_abs_coordinate
+    )
+    gt, _ = layout.per_completion(
+        layout.target_rows(targets, "box", 4), group_size, rows, width=4, minimum=1
+    )
     terms = grounding_terms(pred.boxes, pred.valid, gt[:, 0], fmt, config)
     return {k: np.asarray(v) for k, v in terms.items()}

@@ -5,6 +5,7 @@ targets come one per prompt. Rewards work on ``rows = bucket(num_prompts) * G`` 
 a run with a fixed G compiles one program per prompt-count bucket; padding rows hold no boxes
 and are sliced off by the registry.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -23,12 +24,14 @@ def padded_rows(num_completions: int, num_prompts: int, group_size: int) -> int:
     if group_size < 1 or num_completions != num_prompts * group_size:
         raise ValueError(
             f"expected len(completions) == len(targets) * group_size, got {num_completions} "
-            f"completions, {num_prompts} targets, group_size={group_size}")
+            f"completions, {num_prompts} targets, group_size={group_size}"
+        )
     return parse.bucket(num_prompts, minimum=1) * group_size
 
 
-def target_rows(targets: Sequence[Mapping], key: str, width: int, *,
-                required: bool = True) -> list[np.ndarray]:
+def target_rows(
+    targets: Sequence[Mapping], key: str, width: int, *, required: bool = True
+) -> list[np.ndarray]:
     """``targets[i][key]`` as float64 ``[n_i, width]`` arrays.
 
     A value is a list of ``width``-number lists, or a single flat ``width``-number list.
@@ -43,14 +46,22 @@ def target_rows(targets: Sequence[Mapping], key: str, width: int, *,
         if value.ndim == 1 and value.size == width:
             value = value[None]
         if value.size and (value.ndim != 2 or value.shape[1] != width):
-            raise ValueError(f"targets[{i}][{key!r}] must be a list of {width}-number lists, "
-                             f"got shape {value.shape}")
+            raise ValueError(
+                f"targets[{i}][{key!r}] must be a list of {width}-number lists, "
+                f"got shape {value.shape}"
+            )
         out.append(value.reshape(-1, width))
     return out
 
 
-def per_completion(items: Sequence[np.ndarray], group_size: int, rows: int, *, width: int,
-                   minimum: int = parse.MIN_BUCKET) -> tuple[np.ndarray, np.ndarray]:
+def per_completion(
+    items: Sequence[np.ndarray],
+    group_size: int,
+    rows: int,
+    *,
+    width: int,
+    minimum: int = parse.MIN_BUCKET,
+) -> tuple[np.ndarray, np.ndarray]:
     """Packs per-prompt ``[n_i, d]`` arrays and repeats them over each group.
 
     Returns:

@@ -3,6 +3,7 @@
 A matching is returned as a dense bool ``[B, N, M]`` assignment matrix, which jitted reward code
 consumes with masked reductions instead of gathers.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,13 +33,15 @@ def hungarian(cost: np.ndarray, num_rows: np.ndarray, num_cols: np.ndarray) -> n
     assignment = np.zeros(cost.shape, bool)
     if matches:
         batch = np.repeat([b for b, _, _ in items], [min(n, m) for _, n, m in items])
-        assignment[batch, np.concatenate([r for r, _ in matches]),
-                   np.concatenate([c for _, c in matches])] = True
+        assignment[
+            batch, np.concatenate([r for r, _ in matches]), np.concatenate([c for _, c in matches])
+        ] = True
     return assignment
 
 
-def sequential(shape: tuple[int, int, int], num_rows: np.ndarray,
-               num_cols: np.ndarray) -> np.ndarray:
+def sequential(
+    shape: tuple[int, int, int], num_rows: np.ndarray, num_cols: np.ndarray
+) -> np.ndarray:
     """Index-order matching (row i to column i): PR1's "w/o reward matching" ablation.
 
     Returns:
@@ -52,8 +55,9 @@ def sequential(shape: tuple[int, int, int], num_rows: np.ndarray,
     return assignment
 
 
-def maximum_matching(adjacency: np.ndarray, num_rows: np.ndarray,
-                     num_cols: np.ndarray) -> np.ndarray:
+def maximum_matching(
+    adjacency: np.ndarray, num_rows: np.ndarray, num_cols: np.ndarray
+) -> np.ndarray:
     """Maximum-cardinality matching restricted to ``adjacency`` (bool ``[B, N, M]``).
 
     Its size is unique even when the matching is not, so rewards built on the count do not

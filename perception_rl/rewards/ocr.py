@@ -10,6 +10,7 @@ than ``max_chars`` are scored with the upper bound ``Lev(prefixes) + max(tail le
 when both fit, so an over-long output can only lose reward. Target: ``{"text": str}``.
 Range: [0, 1].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,8 +82,9 @@ def levenshtein(a: jax.Array, len_a: jax.Array, b: jax.Array, len_b: jax.Array) 
 
 
 @functools.partial(jax.jit, static_argnames="max_chars")
-def ocr_terms(pred: jax.Array, pred_len: jax.Array, gt: jax.Array, gt_len: jax.Array,
-              max_chars: int) -> dict[str, jax.Array]:
+def ocr_terms(
+    pred: jax.Array, pred_len: jax.Array, gt: jax.Array, gt_len: jax.Array, max_chars: int
+) -> dict[str, jax.Array]:
     """Array part: similarity from code points and *full* lengths (see module doc)."""
     kept_pred, kept_gt = jnp.minimum(pred_len, max_chars), jnp.minimum(gt_len, max_chars)
     tails = jnp.maximum(pred_len - kept_pred, gt_len - kept_gt)
@@ -93,8 +95,14 @@ def ocr_terms(pred: jax.Array, pred_len: jax.Array, gt: jax.Array, gt_len: jax.A
     return {"edit_distance": distance, "total": similarity}
 
 
-def ocr(completions: Sequence[str], targets: Sequence[Mapping], *, group_size: int, rows: int,
-        config: OcrConfig) -> dict[str, np.ndarray]:
+def ocr(
+    completions: Sequence[str],
+    targets: Sequence[Mapping],
+    *,
+    group_size: int,
+    rows: int,
+    config: OcrConfig,
+) -> dict[str, np.ndarray]:
     """OCR reward components over ``rows`` padded completions (see module doc)."""
     completions = [parse.strip_end_tokens(c.replace("<|endoftext|>", "")) for c in completions]
     gts = [str(t["text"]) for t in targets for _ in range(group_size)]

@@ -8,6 +8,7 @@ nested unbounded repeats), and no model output is ever evaluated.
 Padded sizes are bucketed to powers of two (`bucket`) so the jitted reward code compiles once per
 bucket instead of once per batch. Packed sets keep their valid elements first.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,13 @@ _GROUNDING_TEMPLATE = re.compile(
 # PR1's released grounding regex has unescaped `|`, so it is an alternation whose branches,
 # matched at the start, accept any text beginning with one of these fragments.
 _PR1_LENIENT_PREFIXES = (
-    "<", ">", "object_ref_start", "object_ref_end", "box_start", "box_end", "im_end",
+    "<",
+    ">",
+    "object_ref_start",
+    "object_ref_end",
+    "box_start",
+    "box_end",
+    "im_end",
 )
 # PR1's counting gate (properly escaped), matched at the start of the text.
 _COUNTING_TEMPLATE = re.compile(
@@ -62,9 +69,11 @@ def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
     return 1 << (n - 1).bit_length()
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["boxes", "valid", "labels", "num_valid", "num_elements", "parsed"],
-                   meta_fields=[])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["boxes", "valid", "labels", "num_valid", "num_elements", "parsed"],
+    meta_fields=[],
+)
 @dataclasses.dataclass(frozen=True)
 class BoxSet:
     """Boxes parsed from a batch of completions, padded to ``[rows, N, 4]``.
@@ -278,9 +287,15 @@ def json_boxes(
         coords = list(itertools.compress(boxes, keep))
     keep = np.array(keep, bool)
     return _box_set(
-        row_of[keep], coords, np.array(labels, np.int64)[keep], num_elements,
+        row_of[keep],
+        coords,
+        np.array(labels, np.int64)[keep],
+        num_elements,
         np.array([x is not None for x in lists], bool),
-        rows=rows, max_boxes=max_boxes, max_abs=max_abs, ordered=True,
+        rows=rows,
+        max_boxes=max_boxes,
+        max_abs=max_abs,
+        ordered=True,
     )
 
 
@@ -299,8 +314,15 @@ def qwen2_boxes(texts: Sequence[str], *, rows: int, max_boxes: int, max_abs: flo
         row_of.extend([i] * len(spans))
         coords.extend([_to_float(v) for v in span] for span in spans)
     return _box_set(
-        row_of, coords, [-1] * len(coords), num_elements, np.ones(len(texts), bool),
-        rows=rows, max_boxes=max_boxes, max_abs=max_abs, ordered=False,
+        row_of,
+        coords,
+        [-1] * len(coords),
+        num_elements,
+        np.ones(len(texts), bool),
+        rows=rows,
+        max_boxes=max_boxes,
+        max_abs=max_abs,
+        ordered=False,
     )
 
 
@@ -320,13 +342,21 @@ def first_box(texts: Sequence[str], *, rows: int, max_abs: float) -> BoxSet:
             coords.append([_to_float(v) for v in match.groups()])
     found = np.bincount(np.asarray(row_of, np.int64), minlength=len(texts)).astype(bool)
     return _box_set(
-        row_of, coords, [-1] * len(coords), found.astype(np.int64), found,
-        rows=rows, max_boxes=1, max_abs=max_abs, ordered=True,
+        row_of,
+        coords,
+        [-1] * len(coords),
+        found.astype(np.int64),
+        found,
+        rows=rows,
+        max_boxes=1,
+        max_abs=max_abs,
+        ordered=True,
     )
 
 
-def grounding_format(texts: Sequence[str], mode: str, *, rows: int,
-                     max_abs: float = np.inf) -> np.ndarray:
+def grounding_format(
+    texts: Sequence[str], mode: str, *, rows: int, max_abs: float = np.inf
+) -> np.ndarray:
     """Grounding format flags, float32 ``[rows]`` in {0, 1} (0 on padding rows).
 
     Modes:
@@ -347,8 +377,9 @@ def grounding_format(texts: Sequence[str], mode: str, *, rows: int,
         found = json_boxes(texts, rows=len(texts), max_boxes=1, max_abs=max_abs)
         flags = (found.num_elements > 0) & (found.num_valid == found.num_elements)
     else:
-        raise ValueError(f"unknown grounding format_check {mode!r}; "
-                         "expected 'strict', 'json' or 'pr1_lenient'")
+        raise ValueError(
+            f"unknown grounding format_check {mode!r}; expected 'strict', 'json' or 'pr1_lenient'"
+        )
     return _pad(np.asarray(flags, np.float32).reshape(len(texts)), rows)
 
 
@@ -383,14 +414,18 @@ def tagged_blocks(texts: Sequence[str], tags: Sequence[str], *, rows: int) -> Bl
         for tag in tags:
             start = body.find(f"<{tag}>")
             end = body.find(f"</{tag}>", start + len(tag) + 2) if start >= 0 else -1
-            contents[tag].append(body[start + len(tag) + 2:end] if end >= 0 else None)
+            contents[tag].append(body[start + len(tag) + 2 : end] if end >= 0 else None)
             spans.append((start, end + len(tag) + 3) if end >= 0 else None)
         once = all(body.count(f"<{t}>") == 1 and body.count(f"</{t}>") == 1 for t in tags)
         if once and None not in spans:
-            gaps = [body[a[1]:b[0]] for a, b in itertools.pairwise(spans)]
+            gaps = [body[a[1] : b[0]] for a, b in itertools.pairwise(spans)]
             in_order = all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
-            strict[i] = (in_order and spans[0][0] == 0 and spans[-1][1] == len(body)
-                         and all(not g or g.isspace() for g in gaps))
+            strict[i] = (
+                in_order
+                and spans[0][0] == 0
+                and spans[-1][1] == len(body)
+                and all(not g or g.isspace() for g in gaps)
+            )
     return Blocks(strict=strict, contents=contents)
 
 
@@ -399,8 +434,9 @@ def collapse_whitespace(text: str) -> str:
     return " ".join(text.split())
 
 
-def code_points(texts: Sequence[str], *, rows: int,
-                max_chars: int) -> tuple[np.ndarray, np.ndarray]:
+def code_points(
+    texts: Sequence[str], *, rows: int, max_chars: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Unicode code points of each text, truncated to ``max_chars`` and padded.
 
     Returns:
@@ -408,8 +444,10 @@ def code_points(texts: Sequence[str], *, rows: int,
       -1) and int32 ``[rows]`` *full* lengths (before truncation).
     """
     # surrogatepass: lone surrogates are legal in a Python str and become their own code point.
-    arrays = [np.frombuffer(t[:max_chars].encode("utf-32-le", "surrogatepass"), "<u4")[:, None]
-              for t in texts]
+    arrays = [
+        np.frombuffer(t[:max_chars].encode("utf-32-le", "surrogatepass"), "<u4")[:, None]
+        for t in texts
+    ]
     values, valid = pack(arrays, rows, width=1, minimum=16, dtype=np.int32)
     codes = np.where(valid, values[..., 0], -1).astype(np.int32)
     return codes, _pad(np.array([len(t) for t in texts], np.int32), rows)

@@ -5,6 +5,7 @@ default, plus ``value_range()``) and a function
 ``fn(completions, targets, *, group_size, rows, config) -> dict[str, np.ndarray]`` returning
 ``[rows]`` arrays including ``"total"``; then add one line to `REWARDS`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,9 @@ def make_config(name: str, **options):
     config_cls = REWARDS[name].config
     fields = {f.name for f in dataclasses.fields(config_cls)}
     if unknown := set(options) - fields:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for reward {name!r}; "
-                         f"valid: {sorted(fields)}")
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for reward {name!r}; valid: {sorted(fields)}"
+        )
     return config_cls(**options)
 
 
@@ -54,8 +56,9 @@ def value_range(name: str, **options) -> tuple[float, float]:
     return make_config(name, **options).value_range()
 
 
-def score_components(name: str, completions: Sequence[str], targets: Sequence[Mapping], *,
-                     group_size: int, **options) -> dict[str, np.ndarray]:
+def score_components(
+    name: str, completions: Sequence[str], targets: Sequence[Mapping], *, group_size: int, **options
+) -> dict[str, np.ndarray]:
     """Named reward components, one float32 value per completion.
 
     Args:
@@ -72,12 +75,14 @@ def score_components(name: str, completions: Sequence[str], targets: Sequence[Ma
     config = make_config(name, **options)
     completions = list(completions)
     rows = layout.padded_rows(len(completions), len(targets), group_size)
-    out = REWARDS[name].components(completions, targets, group_size=group_size, rows=rows,
-                                   config=config)
+    out = REWARDS[name].components(
+        completions, targets, group_size=group_size, rows=rows, config=config
+    )
     return {k: np.asarray(v[: len(completions)], np.float32) for k, v in out.items()}
 
 
-def score(name: str, completions: Sequence[str], targets: Sequence[Mapping], *,
-          group_size: int, **options) -> np.ndarray:
+def score(
+    name: str, completions: Sequence[str], targets: Sequence[Mapping], *, group_size: int, **options
+) -> np.ndarray:
     """Total reward per completion, float32 ``[len(completions)]`` (see `score_components`)."""
     return score_components(name, completions, targets, group_size=group_size, **options)["total"]
