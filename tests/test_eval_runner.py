@@ -1,4 +1,5 @@
-"""Eval runner: a tiny random checkpoint end to end, oracle completions, orbax restore, bad input."""
+"""Eval runner: tiny random checkpoint end to end, oracle completions, orbax restore, bad input."""
+
 import json
 import shutil
 import types
@@ -22,11 +23,25 @@ from perception_rl.sampling import SampleResult
 
 
 def make_config(**fields):
-    config = ml_collections.ConfigDict({
-        "task": "counting", "model": None, "checkpoint": None, "tokenizer": None,
-        "eval": {"split": "val", "num_examples": 6, "batch_size": 4, "max_new_tokens": 12,
-                 "name": None, "predictions_file": None, "gallery_size": 2, "step": None},
-        "data": {"source": "synthetic", "seed": 0}})
+    config = ml_collections.ConfigDict(
+        {
+            "task": "counting",
+            "model": None,
+            "checkpoint": None,
+            "tokenizer": None,
+            "eval": {
+                "split": "val",
+                "num_examples": 6,
+                "batch_size": 4,
+                "max_new_tokens": 12,
+                "name": None,
+                "predictions_file": None,
+                "gallery_size": 2,
+                "step": None,
+            },
+            "data": {"source": "synthetic", "seed": 0},
+        }
+    )
     config.update_from_flattened_dict(fields)
     return config
 
@@ -58,14 +73,29 @@ def test_random_checkpoint_end_to_end(checkpoint, tmp_path, capsys):
         example = synthetic.generate_example("counting", record["image_id"], split="val")
         geometry = ImageGeometry(tuple(record["image_hw"]), tuple(record["resized_hw"]))
         assert geometry.original_hw == example["image"].shape[:2]
-        expected = rewards.score("counting", [record["completion"]],
-                                 [task.target(example, geometry, "qwen2_5_vl")], group_size=1)
+        expected = rewards.score(
+            "counting",
+            [record["completion"]],
+            [task.target(example, geometry, "qwen2_5_vl")],
+            group_size=1,
+        )
         assert record["reward"] == pytest.approx(float(expected[0]))
         assert record["prediction"] == task.predict(record["completion"], geometry, "qwen2_5_vl")
     summary = json.loads(result.metrics_path.read_text())
-    assert summary["metrics"] == result.metrics == {"accuracy": pytest.approx(
-        np.mean([len(r["prediction"]["boxes"]) == len(r["ground_truth"]["boxes"]) > 0
-                 for r in records]))}
+    assert (
+        summary["metrics"]
+        == result.metrics
+        == {
+            "accuracy": pytest.approx(
+                np.mean(
+                    [
+                        len(r["prediction"]["boxes"]) == len(r["ground_truth"]["boxes"]) > 0
+                        for r in records
+                    ]
+                )
+            )
+        }
+    )
     assert (summary["family"], summary["num_examples"]) == ("qwen2_5_vl", 6)
     assert result.table in capsys.readouterr().out
     assert result.table.splitlines()[0] == "| model | split | Acc |"
@@ -76,15 +106,17 @@ def test_random_checkpoint_end_to_end(checkpoint, tmp_path, capsys):
     orbax_dir = tmp_path / "orbax"
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save((orbax_dir / "3" / "params").absolute(), nnx.state(model, nnx.Param))
-    again = runner.evaluate(make_config(checkpoint=str(orbax_dir), model=str(hf_dir),
-                                        **{"eval.name": "orbax"}), tmp_path)
+    again = runner.evaluate(
+        make_config(checkpoint=str(orbax_dir), model=str(hf_dir), **{"eval.name": "orbax"}),
+        tmp_path,
+    )
     assert again.output_dir.name == "orbax"
     completions = [r["completion"] for r in runner.read_predictions(again.predictions_path)]
     assert completions == [r["completion"] for r in records]
 
 
 def test_orbax_restore_picks_the_step_and_reads_pure_dicts(checkpoint, tmp_path):
-    model, hf_dir = checkpoint
+    model, _ = checkpoint
     state = nnx.state(model, nnx.Param)
     shifted = jax.tree.map(lambda x: x + 1, state)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -96,15 +128,15 @@ def test_orbax_restore_picks_the_step_and_reads_pure_dicts(checkpoint, tmp_path)
     with pytest.raises(FileNotFoundError, match="steps: \\[7, 12\\]"):
         runner.orbax_params_dir(tmp_path, 8)
     for step, expected in ((7, state), (12, shifted)):
-        restored = runner.restore_params(tmp_path / str(step) / "params", model.config,
-                                         np.float32)
+        restored = runner.restore_params(tmp_path / str(step) / "params", model.config, np.float32)
         got = nnx.state(restored, nnx.Param)
         jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
 def test_preset_architecture_takes_its_tokenizers_ids():
-    model_config, processor = runner._architecture(make_config(model="qwen2p5_vl_tiny"),
-                                                    "qwen2p5_vl_tiny")
+    model_config, processor = runner._architecture(
+        make_config(model="qwen2p5_vl_tiny"), "qwen2p5_vl_tiny"
+    )
     assert model_config.image_token_id == TINY_TOKEN_IDS["image_token_id"]
     assert model_config.eos_token_id == TINY_TOKEN_IDS["eos_token_id"]
     assert processor.model_type == "qwen2_5_vl"
@@ -117,8 +149,9 @@ class OracleGenerate:
         self.tokenizer, self.pad = processor.tokenizer, processor.pad_token_id
         self.answers = []
         for example in examples:
-            geometry = ImageGeometry.for_image(*example["image"].shape[:2],
-                                               processor.image_processor)
+            geometry = ImageGeometry.for_image(
+                *example["image"].shape[:2], processor.image_processor
+            )
             text = task.answer(example, geometry, family) + "<|im_end|>"
             self.answers.append(self.tokenizer.encode(text, add_special_tokens=False))
         self.next = 0
@@ -126,21 +159,27 @@ class OracleGenerate:
     def __call__(self, model, batch, *, max_new_tokens, key, temperature, eos_ids, pad_id):
         assert temperature == 0 and TINY_TOKEN_IDS["eos_token_id"] in eos_ids
         rows = len(batch["input_ids"])
-        answers = self.answers[self.next:self.next + rows]
+        answers = self.answers[self.next : self.next + rows]
         answers += answers[-1:] * (rows - len(answers))  # the runner's padding rows
         self.next += rows
         lengths = np.array([len(a) for a in answers], np.int32)
         tokens = np.full((rows, lengths.max()), self.pad, np.int32)
         for row, answer in enumerate(answers):
-            tokens[row, :len(answer)] = answer
-        return SampleResult(tokens, lengths, np.zeros(tokens.shape, np.float32),
-                            np.arange(rows, dtype=np.int32))
+            tokens[row, : len(answer)] = answer
+        return SampleResult(
+            tokens, lengths, np.zeros(tokens.shape, np.float32), np.arange(rows, dtype=np.int32)
+        )
 
 
 # A metric that is exactly perfect for exact answers (CrowdDet's AP50 is not, and 0–1000
 # rounding keeps small boxes under IoU 0.95).
-PERFECT = {"grounding": ("acc@0.5", 1.0), "counting": ("accuracy", 1.0), "detection": ("F1", 1.0),
-           "ocr": ("edit_distance", 0.0), "crowd": ("JI", 1.0)}
+PERFECT = {
+    "grounding": ("acc@0.5", 1.0),
+    "counting": ("accuracy", 1.0),
+    "detection": ("F1", 1.0),
+    "ocr": ("edit_distance", 0.0),
+    "crowd": ("JI", 1.0),
+}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -150,33 +189,43 @@ def test_oracle_completions_score_perfectly(name, family, tmp_path, monkeypatch)
     config = make_config(task=name, **{"eval.num_examples": 5, "eval.batch_size": 3})
     processor = runner.make_processor(config, tiny(family), [tiny_tokenizer_path()])
     examples = [synthetic.generate_example(name, i, split="val") for i in range(5)]
-    monkeypatch.setattr("perception_rl.sampling.generate",
-                        OracleGenerate(task, family, processor, examples))
+    monkeypatch.setattr(
+        "perception_rl.sampling.generate", OracleGenerate(task, family, processor, examples)
+    )
     model = types.SimpleNamespace(config=types.SimpleNamespace(family=family))
     result = runner.evaluate(config, tmp_path, load_policy=lambda _: (model, processor))
     records = runner.read_predictions(result.predictions_path)
-    high = {"dip": 2.0}.get(task.reward) or rewards.value_range(task.reward,
-                                                                 **task.reward_options(family))[1]
+    high = {"dip": 2.0}.get(task.reward) or rewards.value_range(
+        task.reward, **task.reward_options(family)
+    )[1]
     np.testing.assert_allclose([r["reward"] for r in records], high, atol=1e-5)
     key, perfect = PERFECT[name]
     assert result.metrics[key] == pytest.approx(perfect)
 
     # Re-scoring the written predictions gives the same numbers without a model.
-    rescored = runner.evaluate(make_config(task=name, **{
-        "eval.num_examples": 5, "eval.predictions_file": str(result.predictions_path),
-        "eval.name": "rescored"}), tmp_path)
+    rescored = runner.evaluate(
+        make_config(
+            task=name,
+            **{
+                "eval.num_examples": 5,
+                "eval.predictions_file": str(result.predictions_path),
+                "eval.name": "rescored",
+            },
+        ),
+        tmp_path,
+    )
     assert json.dumps(rescored.metrics) == json.dumps(result.metrics)
 
 
 def test_predictions_for_unknown_or_missing_images_fail_naming_the_record(tmp_path):
-    lines = [json.dumps({"image_id": i, "prediction": {"boxes": [], "count": 0}})
-             for i in range(3)]
+    lines = [json.dumps({"image_id": i, "prediction": {"boxes": [], "count": 0}}) for i in range(3)]
     path = tmp_path / "predictions.jsonl"
 
     def rescore(text):
         path.write_text(text)
-        return runner.evaluate(make_config(**{"eval.num_examples": 3,
-                                              "eval.predictions_file": str(path)}), tmp_path)
+        return runner.evaluate(
+            make_config(**{"eval.num_examples": 3, "eval.predictions_file": str(path)}), tmp_path
+        )
 
     assert rescore("\n".join(lines)).metrics == {"accuracy": 0.0}
     unknown = lines[:2] + [json.dumps({"image_id": 99, "prediction": {}})]
@@ -194,15 +243,23 @@ def test_predictions_for_unknown_or_missing_images_fail_naming_the_record(tmp_pa
 
 def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
     Image.new("RGB", (60, 40), "white").save(tmp_path / "a.png")
-    good = {"image_id": 1, "image": "a.png", "query": "red circle",
-            "boxes": [[1, 2, 30, 20]], "labels": ["red circle"]}
+    good = {
+        "image_id": 1,
+        "image": "a.png",
+        "query": "red circle",
+        "boxes": [[1, 2, 30, 20]],
+        "labels": ["red circle"],
+    }
     (tmp_path / "val.jsonl").write_text(json.dumps(good) + "\n")
-    source = runner.make_source(make_config(**{"data.source": "jsonl",
-                                               "data.source_dir": str(tmp_path)}),
-                                get_task("detection"), "val")
+    source = runner.make_source(
+        make_config(**{"data.source": "jsonl", "data.source_dir": str(tmp_path)}),
+        get_task("detection"),
+        "val",
+    )
     example = source[0]
     assert example["image"].shape == (40, 60, 3) and example["labels"].tolist() == [
-        synthetic.LABELS.index("red circle")]
+        synthetic.LABELS.index("red circle")
+    ]
     np.testing.assert_array_equal(example["points"], [[15.5, 11]])
 
     def opens(*records):
@@ -211,12 +268,14 @@ def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
         return runner.JsonlSource(path, get_task("detection"))
 
     where = f"{tmp_path / 'bad.jsonl'} line 2"
-    for bad, problem in [({**good, "boxes": [[1, 2, 70, 20]]}, "outside the 60x40 image"),
-                         ({**good, "image": "missing.png"}, "No such file"),
-                         ({**good, "image_id": "7"}, "not an integer"),
-                         ({**good, "labels": ["unicorn"]}, "unicorn"),
-                         ({**good, "labels": [0, 1]}, "2 labels for 1 boxes"),
-                         ("[1, 2", "not JSON")]:
+    for bad, problem in [
+        ({**good, "boxes": [[1, 2, 70, 20]]}, "outside the 60x40 image"),
+        ({**good, "image": "missing.png"}, "No such file"),
+        ({**good, "image_id": "7"}, "not an integer"),
+        ({**good, "labels": ["unicorn"]}, "unicorn"),
+        ({**good, "labels": [0, 1]}, "2 labels for 1 boxes"),
+        ("[1, 2", "not JSON"),
+    ]:
         with pytest.raises(RecordError) as error:
             opens(good, bad)
         assert where in str(error.value) and problem in str(error.value)

@@ -1,4 +1,5 @@
-"""Every registered task: answer → reward round trip, predict → original pixels, registry, geometry."""
+"""Every registered task: answer → reward round trip, predict → original pixels; geometry."""
+
 import dataclasses
 import json
 
@@ -11,8 +12,11 @@ from perception_rl.data.tasks import FAMILIES, TASKS, ImageGeometry, get_task
 from perception_rl.processing import ImageProcessor
 
 # Default resize (synthetic sides are multiples of 28: unchanged), a downscale and an upscale.
-PROCESSORS = {"native": ImageProcessor(), "down": ImageProcessor(max_pixels=84 * 84),
-              "up": ImageProcessor(min_pixels=420 * 420, max_pixels=500 * 500)}
+PROCESSORS = {
+    "native": ImageProcessor(),
+    "down": ImageProcessor(max_pixels=84 * 84),
+    "up": ImageProcessor(min_pixels=420 * 420, max_pixels=500 * 500),
+}
 # Image sizes that are not multiples of 28, so even the native resize moves coordinates.
 ODD_SIZES = synthetic.SyntheticConfig(min_size=101, max_size=230, size_step=1)
 
@@ -27,7 +31,8 @@ def max_reward(task, family: str, group_size: int = 1) -> float:
     if task.reward == "dip":  # The look reward needs variance across a group; one answer has none.
         config = rewards.make_config("dip", **options)
         return config.format_weight + config.accuracy_weight * (
-            config.precision_weight + config.recall_weight)
+            config.precision_weight + config.recall_weight
+        )
     return rewards.value_range(task.reward, **options)[1]
 
 
@@ -54,8 +59,9 @@ def test_answer_earns_the_maximum_reward(name, family):
 def test_predict_maps_the_answer_back_to_original_pixels(name, family):
     task = get_task(name)
     for example, geometry in cases(name):
-        prediction = task.predict(completion(task, task.answer(example, geometry, family)),
-                                  geometry, family)
+        prediction = task.predict(
+            completion(task, task.answer(example, geometry, family)), geometry, family
+        )
         (height, width), (frame_w, frame_h) = geometry.original_hw, geometry.frame_size(family)
         # One policy unit is width/frame_w original pixels; rounding moves a value by half that.
         tolerance = 0.5 * np.array([width / frame_w, height / frame_h] * 2) + 1e-3
@@ -70,16 +76,29 @@ def test_perfect_predictions_score_perfectly(name):
     task = get_task(name)
     # Sides that are multiples of 28 are not resized, so the answer is exact in pixels.
     examples = [synthetic.generate_example(name, i, split="val") for i in range(4)]
-    geometries = [ImageGeometry.for_image(*e["image"].shape[:2], ImageProcessor()) for e in examples]
-    predictions = [task.predict(completion(task, task.answer(e, g, "qwen2_5_vl")), g, "qwen2_5_vl")
-                   for e, g in zip(examples, geometries)]
+    geometries = [
+        ImageGeometry.for_image(*e["image"].shape[:2], ImageProcessor()) for e in examples
+    ]
+    predictions = [
+        task.predict(completion(task, task.answer(e, g, "qwen2_5_vl")), g, "qwen2_5_vl")
+        for e, g in zip(examples, geometries)
+    ]
     metrics = task.metrics(predictions, examples)
     assert tuple(metrics) == task.metric_names
     assert {key for key, _ in task.table_columns} <= set(metrics)
     # None: not 1 even when perfect (CrowdDet's AP50 has no recall-0 point, NLTK's BLEU of a
     # line under four words is ~0, mean IoU carries rounding) or absent (METEOR, size ranges).
-    perfect = {"edit_distance": 0.0, "MR-2": 0.0, "AP50": None, "bleu": None, "mean_iou": None,
-               "meteor": None, "APs": None, "APm": None, "APl": None}
+    perfect = {
+        "edit_distance": 0.0,
+        "MR-2": 0.0,
+        "AP50": None,
+        "bleu": None,
+        "mean_iou": None,
+        "meteor": None,
+        "APs": None,
+        "APm": None,
+        "APl": None,
+    }
     for key, value in metrics.items():
         expected = perfect.get(key, 1.0)
         if expected is not None:
@@ -90,8 +109,17 @@ def test_perfect_predictions_score_perfectly(name):
 def test_predict_never_raises_and_garbage_predicts_nothing(name):
     task = get_task(name)
     geometry = ImageGeometry((100, 120), (112, 112))
-    garbage = ["", "<|im_end|>", "[{", '[{"bbox_2d": [1, 2]}]', "(1,2),(3", "\ud800" * 3,
-               "<answer>[</answer>", "9" * 5000, "<|box_start|>(a,b),(c,d)<|box_end|>"]
+    garbage = [
+        "",
+        "<|im_end|>",
+        "[{",
+        '[{"bbox_2d": [1, 2]}]',
+        "(1,2),(3",
+        "\ud800" * 3,
+        "<answer>[</answer>",
+        "9" * 5000,
+        "<|box_start|>(a,b),(c,d)<|box_end|>",
+    ]
     for family in FAMILIES:
         for text in garbage:
             prediction = task.predict(text, geometry, family)
@@ -116,16 +144,22 @@ def test_registry():
 def test_geometry_conversions():
     geometry = ImageGeometry(original_hw=(200, 300), resized_hw=(224, 336))
     boxes = np.array([[0, 0, 300, 200], [30, 20, 150.4, 100]])
-    np.testing.assert_array_equal(geometry.to_policy(boxes, "qwen2_vl"),
-                                  [[0, 0, 1000, 1000], [100, 100, 501, 500]])
-    np.testing.assert_array_equal(geometry.to_policy(boxes, "qwen2_5_vl"),
-                                  [[0, 0, 336, 224], [34, 22, 168, 112]])
-    np.testing.assert_allclose(geometry.from_policy([[100, 100, 501, 500]], "qwen2_vl"),
-                               [[30, 20, 150.3, 100]])
-    np.testing.assert_allclose(geometry.from_policy([[34, 22, 168, 112]], "qwen2_5_vl"),
-                               [[34 * 300 / 336, 22 * 200 / 224, 150, 100]])
-    np.testing.assert_array_equal(geometry.to_policy([[-5, 3], [400, 250]], "qwen2_vl"),
-                                  [[0, 15], [1000, 1000]])  # points, clipped to the frame
+    np.testing.assert_array_equal(
+        geometry.to_policy(boxes, "qwen2_vl"), [[0, 0, 1000, 1000], [100, 100, 501, 500]]
+    )
+    np.testing.assert_array_equal(
+        geometry.to_policy(boxes, "qwen2_5_vl"), [[0, 0, 336, 224], [34, 22, 168, 112]]
+    )
+    np.testing.assert_allclose(
+        geometry.from_policy([[100, 100, 501, 500]], "qwen2_vl"), [[30, 20, 150.3, 100]]
+    )
+    np.testing.assert_allclose(
+        geometry.from_policy([[34, 22, 168, 112]], "qwen2_5_vl"),
+        [[34 * 300 / 336, 22 * 200 / 224, 150, 100]],
+    )
+    np.testing.assert_array_equal(
+        geometry.to_policy([[-5, 3], [400, 250]], "qwen2_vl"), [[0, 15], [1000, 1000]]
+    )  # points, clipped to the frame
     assert geometry.frame_size("qwen2_vl") == (1000, 1000)
     assert geometry.frame_size("qwen2_5_vl") == (336, 224)
     assert ImageGeometry.for_image(200, 300, ImageProcessor()).resized_hw == (196, 308)

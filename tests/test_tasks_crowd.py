@@ -1,4 +1,5 @@
 """Crowd (DIP-R1 reconstruction) task: think/look/answer prompt and answer, look reward, metrics."""
+
 import json
 
 import numpy as np
@@ -11,10 +12,12 @@ from perception_rl.rewards import parse
 TASK = get_task("crowd")
 GEOMETRY = ImageGeometry(original_hw=(200, 200), resized_hw=(224, 224))
 # Instances 0 and 1 overlap (the ambiguous pair); 2 stands alone; one ignore region.
-EXAMPLE = {"image_id": 4, "query": "red circle",
-           "boxes": np.array([[10, 10, 50, 50], [30, 30, 70, 70], [120, 120, 150, 150]],
-                             np.float32),
-           "ignore_boxes": np.array([[150, 0, 200, 40]], np.float32)}
+EXAMPLE = {
+    "image_id": 4,
+    "query": "red circle",
+    "boxes": np.array([[10, 10, 50, 50], [30, 30, 70, 70], [120, 120, 150, 150]], np.float32),
+    "ignore_boxes": np.array([[150, 0, 200, 40]], np.float32),
+}
 
 
 def test_prompt_asks_for_think_look_answer():
@@ -44,16 +47,19 @@ def test_look_block_pays_when_the_group_disagrees_on_an_overlapped_instance():
     answer = TASK.answer(EXAMPLE, GEOMETRY, "qwen2_5_vl")
     full = json.dumps([{"bbox_2d": b} for b in target["boxes"]])
     missing = answer.replace(full, json.dumps([{"bbox_2d": b} for b in target["boxes"][1:]]))
-    blind = answer.replace(answer[answer.index("<look>"):answer.index("</look>")], "<look>[]")
-    parts = rewards.score_components("dip", [answer, missing, blind], [target], group_size=3,
-                                     **TASK.reward_options("qwen2_5_vl"))
+    blind = answer.replace(answer[answer.index("<look>") : answer.index("</look>")], "<look>[]")
+    parts = rewards.score_components(
+        "dip", [answer, missing, blind], [target], group_size=3, **TASK.reward_options("qwen2_5_vl")
+    )
     np.testing.assert_allclose(parts["look"], [1, 1, 0])
     np.testing.assert_allclose(parts["total"][0], rewards.value_range("dip")[1], atol=1e-6)
 
 
 def test_predict_and_metrics_with_ignore_regions():
-    text = ('<think>x</think><look>[{"bbox_2d": [112, 0, 224, 112]}]</look>'
-            '<answer>[{"bbox_2d": [11, 11, 56, 56]}, {"bbox_2d": [175, 5, 215, 40]}]</answer>')
+    text = (
+        '<think>x</think><look>[{"bbox_2d": [112, 0, 224, 112]}]</look>'
+        '<answer>[{"bbox_2d": [11, 11, 56, 56]}, {"bbox_2d": [175, 5, 215, 40]}]</answer>'
+    )
     prediction = TASK.predict(text, GEOMETRY, "qwen2_5_vl")
     expected = np.array([[11, 11, 56, 56], [175, 5, 215, 40]]) * 200 / 224
     np.testing.assert_allclose(prediction["boxes"], expected, atol=1e-3)

@@ -1,4 +1,5 @@
 """Detection task: PR1's prompt, JSON answers with labels, vocabulary, COCO and F1 metrics."""
+
 import numpy as np
 import pytest
 
@@ -9,16 +10,21 @@ from perception_rl.rewards.detection import COCO_CLASSES
 
 TASK = get_task("detection")
 GEOMETRY = ImageGeometry(original_hw=(200, 300), resized_hw=(224, 336))
-EXAMPLE = {"image_id": 5, "query": "red circle, blue square",
-           "boxes": np.array([[30, 20, 150, 100], [150, 100, 300, 200]], np.float32),
-           "labels": np.array([synthetic.LABELS.index("red circle"),
-                               synthetic.LABELS.index("blue square")])}
+EXAMPLE = {
+    "image_id": 5,
+    "query": "red circle, blue square",
+    "boxes": np.array([[30, 20, 150, 100], [150, 100, 300, 200]], np.float32),
+    "labels": np.array(
+        [synthetic.LABELS.index("red circle"), synthetic.LABELS.index("blue square")]
+    ),
+}
 
 
 def test_prompt_lists_the_label_set():
     _, user = TASK.conversation(EXAMPLE, "qwen2_5_vl")
     assert user["content"][1]["text"] == (
-        "Please output bbox coordinates and names of red circle, blue square.")
+        "Please output bbox coordinates and names of red circle, blue square."
+    )
     generated = synthetic.generate_example("detection", 0)
     text = TASK.conversation(generated, "qwen2_5_vl")[1]["content"][1]["text"]
     assert text == f"Please output bbox coordinates and names of {', '.join(synthetic.LABELS)}."
@@ -31,36 +37,50 @@ def test_prompt_lists_the_label_set():
 def test_answer_target_and_reward_options():
     assert TASK.answer(EXAMPLE, GEOMETRY, "qwen2_5_vl") == (
         '[{"bbox_2d": [34, 22, 168, 112], "label": "red circle"}, '
-        '{"bbox_2d": [168, 112, 336, 224], "label": "blue square"}]')
+        '{"bbox_2d": [168, 112, 336, 224], "label": "blue square"}]'
+    )
     assert TASK.target(EXAMPLE, GEOMETRY, "qwen2_vl") == {
         "boxes": [[100, 100, 500, 500], [500, 500, 1000, 1000]],
-        "labels": ["red circle", "blue square"]}
+        "labels": ["red circle", "blue square"],
+    }
     assert TASK.reward_options("qwen2_vl") == {"vocabulary": synthetic.LABELS}
 
 
 def test_reward_sees_labels_through_the_vocabulary():
     target = TASK.target(EXAMPLE, GEOMETRY, "qwen2_5_vl")
     answer = TASK.answer(EXAMPLE, GEOMETRY, "qwen2_5_vl")
-    swapped = answer.replace("red circle", "tmp").replace("blue square", "red circle").replace(
-        "tmp", "blue square")
-    parts = rewards.score_components("detection", [answer, swapped], [target] * 2, group_size=1,
-                                     **TASK.reward_options("qwen2_5_vl"))
+    swapped = (
+        answer.replace("red circle", "tmp")
+        .replace("blue square", "red circle")
+        .replace("tmp", "blue square")
+    )
+    parts = rewards.score_components(
+        "detection",
+        [answer, swapped],
+        [target] * 2,
+        group_size=1,
+        **TASK.reward_options("qwen2_5_vl"),
+    )
     np.testing.assert_allclose(parts["total"], [3.0, 2.0], atol=1e-6)
     np.testing.assert_allclose(parts["class_accuracy"], [1.0, 0.0])
 
 
 def test_predict_keeps_known_labels_in_original_pixels():
-    text = ('```json\n[{"bbox_2d": [112, 56, 224, 112], "label": "blue square"}, '
-            '{"bbox_2d": [0, 0, 5, 5], "label": "unicorn"}, {"bbox_2d": [9, 9, 1, 1], '
-            '"label": "red circle"}]\n```<|im_end|>')
+    text = (
+        '```json\n[{"bbox_2d": [112, 56, 224, 112], "label": "blue square"}, '
+        '{"bbox_2d": [0, 0, 5, 5], "label": "unicorn"}, {"bbox_2d": [9, 9, 1, 1], '
+        '"label": "red circle"}]\n```<|im_end|>'
+    )
     prediction = TASK.predict(text, GEOMETRY, "qwen2_5_vl")
     assert prediction["labels"] == ["blue square"]
     np.testing.assert_allclose(prediction["boxes"], [[100, 50, 200, 100]])
 
 
 def test_metrics_are_class_aware():
-    exact = {"boxes": [[30, 20, 150, 100], [150, 100, 300, 200]],
-             "labels": ["red circle", "blue square"]}
+    exact = {
+        "boxes": [[30, 20, 150, 100], [150, 100, 300, 200]],
+        "labels": ["red circle", "blue square"],
+    }
     swapped = {**exact, "labels": ["blue square", "red circle"]}
     half = {"boxes": exact["boxes"][:1], "labels": exact["labels"][:1]}
     assert TASK.metrics([exact], [EXAMPLE])["F1"] == 1.0

@@ -1,4 +1,5 @@
 """OCR task: the paper's prompt, text answers, end-token handling, page metrics."""
+
 import math
 
 import numpy as np
@@ -9,8 +10,12 @@ from perception_rl.data.tasks import FAMILIES, ImageGeometry, get_task
 
 TASK = get_task("ocr")
 GEOMETRY = ImageGeometry(original_hw=(100, 200), resized_hw=(112, 196))
-EXAMPLE = {"image_id": 0, "query": "", "text": "hello world\nOslo 2024",
-           "boxes": np.zeros((2, 4), np.float32)}
+EXAMPLE = {
+    "image_id": 0,
+    "query": "",
+    "text": "hello world\nOslo 2024",
+    "boxes": np.zeros((2, 4), np.float32),
+}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -25,14 +30,16 @@ def test_prompt_answer_and_target(family):
 def test_reward_is_edit_similarity_of_the_skipped_special_token_decode():
     target = TASK.target(EXAMPLE, GEOMETRY, "qwen2_vl")
     texts = [TASK.answer(EXAMPLE, GEOMETRY, "qwen2_vl"), "hello world Oslo 2025", ""]
-    np.testing.assert_allclose(rewards.score("ocr", texts, [target] * 3, group_size=1),
-                               [1.0, 1 - 1 / 21, 0.0], atol=1e-6)
+    np.testing.assert_allclose(
+        rewards.score("ocr", texts, [target] * 3, group_size=1), [1.0, 1 - 1 / 21, 0.0], atol=1e-6
+    )
     assert TASK.skip_special_tokens  # The OCR reward compares raw text, end tokens included.
 
 
 def test_predict_strips_end_tokens_and_metrics():
-    prediction = TASK.predict("  hello world\nOslo 2024<|im_end|><|endoftext|>", GEOMETRY,
-                              "qwen2_5_vl")
+    prediction = TASK.predict(
+        "  hello world\nOslo 2024<|im_end|><|endoftext|>", GEOMETRY, "qwen2_5_vl"
+    )
     assert prediction == {"text": "hello world\nOslo 2024"}
     examples = [EXAMPLE, {**EXAMPLE, "text": "a b c d e"}]
     metrics = TASK.metrics([prediction, {"text": "a b c d"}], examples)

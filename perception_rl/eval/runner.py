@@ -42,6 +42,7 @@ A caller with its own checkpoint layout passes `load_policy(config) -> (model, p
 Decoding is greedy (temperature 0, DESIGN §3), with no repetition penalty (PR1's grounding eval
 uses 1.05; our sampler has none).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,7 +50,6 @@ import json
 import math
 import os
 import pathlib
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -78,8 +78,12 @@ class EvalResult:
     gallery_path: pathlib.Path | None
 
 
-def evaluate(config, workdir: str | os.PathLike, *,
-             load_policy: Callable[[Any], tuple[Any, Any]] | None = None) -> EvalResult:
+def evaluate(
+    config,
+    workdir: str | os.PathLike,
+    *,
+    load_policy: Callable[[Any], tuple[Any, Any]] | None = None,
+) -> EvalResult:
     """Evaluates `config.checkpoint` on `config.eval.split` (see the module docstring).
 
     Raises:
@@ -99,26 +103,38 @@ def evaluate(config, workdir: str | os.PathLike, *,
     else:
         model, processor = (load_policy or load_checkpoint)(config)
         family = model.config.family
-        records, examples = predict(task, model, processor, source, family,
-                                    batch_size=option(config, "eval.batch_size", 8),
-                                    max_new_tokens=option(config, "eval.max_new_tokens", 256))
+        records, examples = predict(
+            task,
+            model,
+            processor,
+            source,
+            family,
+            batch_size=option(config, "eval.batch_size", 8),
+            max_new_tokens=option(config, "eval.max_new_tokens", 256),
+        )
     metrics = score_predictions(task, records, examples)
     out = pathlib.Path(workdir) / "eval" / str(option(config, "eval.name") or split)
     out.mkdir(parents=True, exist_ok=True)
     label = str(option(config, "eval.name") or checkpoint_name(config))
     table = format_table(task, [(label, split, metrics)])
     write_jsonl(out / "predictions.jsonl", records)
-    summary = {"task": task.name, "split": split, "checkpoint": option(config, "checkpoint"),
-               "family": family, "num_examples": len(records), "metrics": metrics,
-               "mean_reward": _mean_reward(records)}
+    summary = {
+        "task": task.name,
+        "split": split,
+        "checkpoint": option(config, "checkpoint"),
+        "family": family,
+        "num_examples": len(records),
+        "metrics": metrics,
+        "mean_reward": _mean_reward(records),
+    }
     (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     (out / "table.md").write_text(table + "\n")
     positions = {e["image_id"]: i for i, e in enumerate(examples)}
-    gallery = draw_gallery(out / "gallery.png", records, source, positions,
-                           option(config, "eval.gallery_size", 4))
+    gallery = draw_gallery(
+        out / "gallery.png", records, source, positions, option(config, "eval.gallery_size", 4)
+    )
     print(table, flush=True)
-    return EvalResult(metrics, table, out, out / "predictions.jsonl", out / "metrics.json",
-                      gallery)
+    return EvalResult(metrics, table, out, out / "predictions.jsonl", out / "metrics.json", gallery)
 
 
 def option(config, dotted: str, default: Any = None) -> Any:
@@ -139,12 +155,20 @@ def make_source(config, task: Task, split: str):
     if kind == "synthetic":
         fields = dict(option(config, "data.synthetic", {}))
         return synthetic.SyntheticSource(
-            task.name, split, limit or DEFAULT_SYNTHETIC_EXAMPLES,
-            seed=option(config, "data.seed", 0), config=synthetic.SyntheticConfig(**fields))
+            task.name,
+            split,
+            limit or DEFAULT_SYNTHETIC_EXAMPLES,
+            seed=option(config, "data.seed", 0),
+            config=synthetic.SyntheticConfig(**fields),
+        )
     if kind == "tfds":
         from perception_rl.data import pipeline
-        source = pipeline.tfds_source(option(config, "data.tfds_config", task.name), split,
-                                      os.path.expanduser(option(config, "data.data_dir")))
+
+        source = pipeline.tfds_source(
+            option(config, "data.tfds_config", task.name),
+            split,
+            os.path.expanduser(option(config, "data.data_dir")),
+        )
     elif kind == "jsonl":
         directory = pathlib.Path(option(config, "data.source_dir"))
         source = JsonlSource(directory / f"{split}.jsonl", task)
@@ -192,8 +216,9 @@ class JsonlSource:
             lines = self.path.read_text().splitlines()
         except OSError as e:
             raise RecordError(f"{self.path}: cannot read the ground-truth file ({e}).") from e
-        self.examples = [self._checked(n, line, names) for n, line in enumerate(lines, 1)
-                         if line.strip()]
+        self.examples = [
+            self._checked(n, line, names) for n, line in enumerate(lines, 1) if line.strip()
+        ]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -228,22 +253,35 @@ def _parse_example(record: Mapping, root: pathlib.Path, names: Mapping[str, int]
     with Image.open(image_path) as image:  # Reads the header only.
         width, height = image.size
     labels = [names[v] if isinstance(v, str) else int(v) for v in record.get("labels", ())]
-    example = {"image_path": image_path, "image_id": image_id,
-               "query": str(record.get("query", "")), "text": str(record.get("text", "")),
-               "labels": np.asarray(labels, np.int64).reshape(-1)}
+    example = {
+        "image_path": image_path,
+        "image_id": image_id,
+        "query": str(record.get("query", "")),
+        "text": str(record.get("text", "")),
+        "labels": np.asarray(labels, np.int64).reshape(-1),
+    }
     limits = np.array([width, height, width, height], np.float64)
     for key in ("boxes", "ignore_boxes"):
         boxes = np.asarray(record.get(key, ()), np.float64).reshape(-1, 4)
-        bad = ~(np.isfinite(boxes).all(1) & (boxes >= 0).all(1) & (boxes <= limits).all(1)
-                & (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3]))
+        bad = ~(
+            np.isfinite(boxes).all(1)
+            & (boxes >= 0).all(1)
+            & (boxes <= limits).all(1)
+            & (boxes[:, 0] < boxes[:, 2])
+            & (boxes[:, 1] < boxes[:, 3])
+        )
         if bad.any():
-            raise ValueError(f"{key} {boxes[bad][0].tolist()} is empty or outside the "
-                             f"{width}x{height} image")
+            raise ValueError(
+                f"{key} {boxes[bad][0].tolist()} is empty or outside the {width}x{height} image"
+            )
         example[key] = boxes.astype(np.float32)
     points = record.get("points")
     boxes = example["boxes"]
-    example["points"] = (np.asarray(points, np.float32).reshape(-1, 2) if points is not None
-                         else (boxes[:, :2] + boxes[:, 2:]) / 2)
+    example["points"] = (
+        np.asarray(points, np.float32).reshape(-1, 2)
+        if points is not None
+        else (boxes[:, :2] + boxes[:, 2:]) / 2
+    )
     if len(labels) not in (0, len(boxes)):
         raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
     return example
@@ -260,6 +298,7 @@ def annotation(example: Example) -> Example:
 def load_checkpoint(config) -> tuple[Any, Any]:
     """(QwenVL, Processor) for `config.checkpoint` / `config.model` (see module docstring)."""
     import jax.numpy as jnp
+
     from perception_rl.models import from_pretrained
 
     checkpoint, model_spec = option(config, "checkpoint"), option(config, "model")
@@ -267,8 +306,10 @@ def load_checkpoint(config) -> tuple[Any, Any]:
     if checkpoint is None or _is_hf_dir(checkpoint):
         hf_dir = checkpoint or model_spec
         if hf_dir is None or not _is_hf_dir(hf_dir):
-            raise ValueError(f"Nothing to evaluate: checkpoint={checkpoint!r} and model="
-                             f"{model_spec!r} are not HF directories (config.json + weights).")
+            raise ValueError(
+                f"Nothing to evaluate: checkpoint={checkpoint!r} and model="
+                f"{model_spec!r} are not HF directories (config.json + weights)."
+            )
         model = from_pretrained(str(hf_dir), dtype)
         return model, make_processor(config, model.config, (hf_dir, model_spec))
     params_dir = orbax_params_dir(checkpoint, option(config, "eval.step"))
@@ -282,14 +323,16 @@ def _is_hf_dir(path) -> bool:
 
 
 def orbax_params_dir(checkpoint: str | os.PathLike, step: int | None = None) -> pathlib.Path:
-    """`<checkpoint>/<step>/params` (latest numeric step unless `step`), or `<checkpoint>/params`."""
+    """`<checkpoint>/<step>/params` (the latest step unless `step`), or `<checkpoint>/params`."""
     root = pathlib.Path(checkpoint)
     if (root / "params").is_dir():
         return root / "params"
     steps = sorted(int(p.name) for p in root.glob("*") if p.name.isdigit() and p.is_dir())
     if not steps:
-        raise FileNotFoundError(f"{root}: neither an HF directory (config.json + *.safetensors) "
-                                "nor an orbax checkpoint (<step>/params).")
+        raise FileNotFoundError(
+            f"{root}: neither an HF directory (config.json + *.safetensors) "
+            "nor an orbax checkpoint (<step>/params)."
+        )
     chosen = steps[-1] if step is None else int(step)
     if not (root / str(chosen) / "params").is_dir():
         raise FileNotFoundError(f"{root}: no params for step {chosen}; steps: {steps}.")
@@ -299,18 +342,27 @@ def orbax_params_dir(checkpoint: str | os.PathLike, step: int | None = None) -> 
 def _architecture(config, model_spec) -> tuple[Any, Any]:
     """Model config and processor for restoring orbax params into `model_spec`."""
     from perception_rl.models import QwenVLConfig, preset
+
     if model_spec is None:
-        raise ValueError("config.model (HF directory or preset name) is needed to restore an "
-                         "orbax checkpoint.")
+        raise ValueError(
+            "config.model (HF directory or preset name) is needed to restore an orbax checkpoint."
+        )
     if _is_hf_dir(model_spec) or (pathlib.Path(str(model_spec)) / "config.json").is_file():
         model_config = QwenVLConfig.from_pretrained(str(model_spec))
         return model_config, make_processor(config, model_config, (model_spec,))
     processor = make_processor(config, preset(model_spec), ())
-    ids = {name: processor.tokenizer.convert_tokens_to_ids(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
-        ("bos_token_id", "<|endoftext|>"), ("eos_token_id", "<|im_end|>"),
-        ("pad_token_id", "<|endoftext|>"))}
+    ids = {
+        name: processor.tokenizer.convert_tokens_to_ids(token)
+        for name, token in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+            ("bos_token_id", "<|endoftext|>"),
+            ("eos_token_id", "<|im_end|>"),
+            ("pad_token_id", "<|endoftext|>"),
+        )
+    }
     # A preset carries the real Qwen ids; the model must use its tokenizer's.
     return preset(model_spec).replace(**ids), processor
 
@@ -318,23 +370,37 @@ def _architecture(config, model_spec) -> tuple[Any, Any]:
 def make_processor(config, model_config, candidates: Sequence) -> Any:
     """Processor from the first candidate directory with a tokenizer, for this model family."""
     from perception_rl.processing import Processor, tiny_tokenizer_path
+
     directories = [c for c in (*candidates, option(config, "tokenizer")) if c is not None]
     if "tiny" in str(option(config, "model", "")):
         directories.append(tiny_tokenizer_path())
-    found = next((pathlib.Path(str(d)) for d in directories
-                  if (pathlib.Path(str(d)) / "tokenizer.json").is_file()
-                  or (pathlib.Path(str(d)) / "tokenizer_config.json").is_file()), None)
+    found = next(
+        (
+            pathlib.Path(str(d))
+            for d in directories
+            if (pathlib.Path(str(d)) / "tokenizer.json").is_file()
+            or (pathlib.Path(str(d)) / "tokenizer_config.json").is_file()
+        ),
+        None,
+    )
     if found is None:
         raise FileNotFoundError(f"No tokenizer in {directories}; set config.tokenizer.")
-    overrides = {k: int(v) for k in ("min_pixels", "max_pixels")
-                 if (v := option(config, f"data.{k}")) is not None}
+    overrides = {
+        k: int(v)
+        for k in ("min_pixels", "max_pixels")
+        if (v := option(config, f"data.{k}")) is not None
+    }
     processor = Processor.from_pretrained(found, **overrides)
     if processor.model_type != model_config.family:  # A bare tokenizer directory says qwen2_vl.
-        processor = Processor(processor.tokenizer, processor.image_processor,
-                              processor.chat_template, image_token_id=processor.image_token_id,
-                              video_token_id=processor.video_token_id,
-                              model_type=model_config.family,
-                              tokens_per_second=model_config.vision.tokens_per_second)
+        processor = Processor(
+            processor.tokenizer,
+            processor.image_processor,
+            processor.chat_template,
+            image_token_id=processor.image_token_id,
+            video_token_id=processor.video_token_id,
+            model_type=model_config.family,
+            tokens_per_second=model_config.vision.tokens_per_second,
+        )
     return processor
 
 
@@ -342,6 +408,7 @@ def restore_params(params_dir: pathlib.Path, model_config, dtype) -> Any:
     """A QwenVL whose `nnx.Param` state is restored from an orbax StandardCheckpointer dir."""
     import orbax.checkpoint as ocp
     from flax import nnx
+
     from perception_rl.models import QwenVL
 
     model = nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(0)))
@@ -365,8 +432,9 @@ def checkpoint_name(config) -> str:
 
 
 # --------------------------------------------------------------------------------- decoding
-def predict(task: Task, model, processor, source, family: str, *, batch_size: int,
-            max_new_tokens: int) -> tuple[list[Record], list[Example]]:
+def predict(
+    task: Task, model, processor, source, family: str, *, batch_size: int, max_new_tokens: int
+) -> tuple[list[Record], list[Example]]:
     """Greedy completions of every example, parsed to original pixels and scored by the reward.
 
     Returns:
@@ -388,35 +456,78 @@ def predict(task: Task, model, processor, source, family: str, *, batch_size: in
             annotations += [annotation(e) for e in examples]
             # A short last batch is padded with copies: one compiled shape for every batch.
             padded = examples + examples[-1:] * (batch_size - len(examples))
-            batch = processor([task.conversation(e, family) for e in padded],
-                              [[Image.fromarray(e["image"])] for e in padded])
-            result = generate(model, batch, max_new_tokens=max_new_tokens,
-                              key=jax.random.key(0), temperature=0.0, eos_ids=eos,
-                              pad_id=processor.pad_token_id)
-            texts = [tokenizer.decode(result.tokens[row, :result.lengths[row]].tolist(),
-                                      skip_special_tokens=task.skip_special_tokens)
-                     for row in range(len(examples))]
-            geometries = [ImageGeometry.for_image(*e["image"].shape[:2],
-                                                  processor.image_processor) for e in examples]
+            batch = processor(
+                [task.conversation(e, family) for e in padded],
+                [[Image.fromarray(e["image"])] for e in padded],
+            )
+            result = generate(
+                model,
+                batch,
+                max_new_tokens=max_new_tokens,
+                key=jax.random.key(0),
+                temperature=0.0,
+                eos_ids=eos,
+                pad_id=processor.pad_token_id,
+            )
+            texts = [
+                tokenizer.decode(
+                    result.tokens[row, : result.lengths[row]].tolist(),
+                    skip_special_tokens=task.skip_special_tokens,
+                )
+                for row in range(len(examples))
+            ]
+            geometries = [
+                ImageGeometry.for_image(*e["image"].shape[:2], processor.image_processor)
+                for e in examples
+            ]
             targets = [task.target(e, g, family) for e, g in zip(examples, geometries)]
-            parts = rewards.score_components(task.reward, texts, targets, group_size=1,
-                                             **task.reward_options(family))
+            parts = rewards.score_components(
+                task.reward, texts, targets, group_size=1, **task.reward_options(family)
+            )
             for row, (index, example, text, geometry) in enumerate(
-                    zip(indices, examples, texts, geometries)):
-                records.append(_record(task, index, example, text, geometry, family,
-                                       {k: float(v[row]) for k, v in parts.items()}))
+                zip(indices, examples, texts, geometries)
+            ):
+                records.append(
+                    _record(
+                        task,
+                        index,
+                        example,
+                        text,
+                        geometry,
+                        family,
+                        {k: float(v[row]) for k, v in parts.items()},
+                    )
+                )
             bar.update(len(examples))
     return records, annotations
 
 
-def _record(task: Task, index: int, example: Example, text: str, geometry: ImageGeometry,
-            family: str, reward: dict[str, float]) -> Record:
-    truth = {k: _json_safe(np.asarray(example[k]).tolist() if k != "text" else example[k])
-             for k in ANNOTATION_KEYS if k in example}
-    return {"index": index, "image_id": int(example["image_id"]), "query": example.get("query"),
-            "image_hw": list(geometry.original_hw), "resized_hw": list(geometry.resized_hw),
-            "completion": text, "prediction": task.predict(text, geometry, family),
-            "ground_truth": truth, "reward": reward.pop("total"), "reward_components": reward}
+def _record(
+    task: Task,
+    index: int,
+    example: Example,
+    text: str,
+    geometry: ImageGeometry,
+    family: str,
+    reward: dict[str, float],
+) -> Record:
+    truth = {
+        k: _json_safe(np.asarray(example[k]).tolist() if k != "text" else example[k])
+        for k in ANNOTATION_KEYS
+        if k in example
+    }
+    return {
+        "index": index,
+        "image_id": int(example["image_id"]),
+        "query": example.get("query"),
+        "image_hw": list(geometry.original_hw),
+        "resized_hw": list(geometry.resized_hw),
+        "completion": text,
+        "prediction": task.predict(text, geometry, family),
+        "ground_truth": truth,
+        "reward": reward.pop("total"),
+        "reward_components": reward,
+    }
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -431,14 +542,16 @@ def read_predictions(path: str | os.PathLike) -> list[Record]:
         except json.JSONDecodeError as e:
             raise RecordError(f"{path} line {number}: not JSON ({e}).") from e
         if not isinstance(record, dict) or not isinstance(record.get("prediction"), dict):
-            raise RecordError(f"{path} line {number} {line[:200]}: needs an 'image_id' and a "
-                              "'prediction' object.")
+            raise RecordError(
+                f"{path} line {number} {line[:200]}: needs an 'image_id' and a 'prediction' object."
+            )
         records.append({**record, "line": number})
     return records
 
 
-def score_predictions(task: Task, records: Sequence[Record],
-                      examples: Sequence[Example]) -> dict[str, float]:
+def score_predictions(
+    task: Task, records: Sequence[Record], examples: Sequence[Example]
+) -> dict[str, float]:
     """The task's metrics over `examples`, each predicted exactly once by `records`.
 
     Raises:
@@ -456,8 +569,10 @@ def score_predictions(task: Task, records: Sequence[Record],
         where = f"Prediction record {record.get('line', i)}"
         image_id = record.get("image_id")
         if image_id not in by_id:
-            raise RecordError(f"{where} {repr(record)[:200]}: image_id {image_id!r} is not in "
-                              f"the split ({len(by_id)} images).")
+            raise RecordError(
+                f"{where} {repr(record)[:200]}: image_id {image_id!r} is not in "
+                f"the split ({len(by_id)} images)."
+            )
         if image_id in predictions:
             raise RecordError(f"{where}: a second prediction for image_id {image_id}.")
         predictions[image_id] = record["prediction"]
@@ -490,8 +605,9 @@ def _mean_reward(records: Sequence[Record]) -> float | None:
 def write_jsonl(path: pathlib.Path, records: Sequence[Record]) -> None:
     with path.open("w") as out:
         for record in records:
-            out.write(json.dumps(_json_safe({k: v for k, v in record.items() if k != "line"}))
-                      + "\n")
+            out.write(
+                json.dumps(_json_safe({k: v for k, v in record.items() if k != "line"})) + "\n"
+            )
 
 
 def _json_safe(value):
@@ -507,8 +623,9 @@ def _json_safe(value):
     return value
 
 
-def draw_gallery(path: pathlib.Path, records: Sequence[Record], source,
-                 positions: Mapping[int, int], size: int) -> pathlib.Path | None:
+def draw_gallery(
+    path: pathlib.Path, records: Sequence[Record], source, positions: Mapping[int, int], size: int
+) -> pathlib.Path | None:
     """PNG of the `size` lowest- and highest-reward examples; None when nothing is ranked.
 
     Args:
@@ -521,8 +638,9 @@ def draw_gallery(path: pathlib.Path, records: Sequence[Record], source,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    ranked = sorted((r for r in records if isinstance(r.get("reward"), (int, float))),
-                    key=lambda r: r["reward"])
+    ranked = sorted(
+        (r for r in records if isinstance(r.get("reward"), (int, float))), key=lambda r: r["reward"]
+    )
     if not ranked or size < 1:
         return None
     size = min(size, len(ranked))
@@ -543,21 +661,37 @@ def _draw(ax, example: Example, record: Record, rank: str) -> None:
 
     ax.imshow(example["image"])
     truth, prediction = record.get("ground_truth", {}), record["prediction"]
-    styles = [(truth.get("boxes", ()), "lime", "-"), (truth.get("ignore_boxes", ()), "lime", ":"),
-              (prediction.get("boxes", ()), "red", "-"), (prediction.get("look", ()), "orange", "--")]
+    styles = [
+        (truth.get("boxes", ()), "lime", "-"),
+        (truth.get("ignore_boxes", ()), "lime", ":"),
+        (prediction.get("boxes", ()), "red", "-"),
+        (prediction.get("look", ()), "orange", "--"),
+    ]
     for boxes, color, line in styles:
         for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
-                                   linestyle=line, linewidth=1.5))
+            ax.add_patch(
+                Rectangle(
+                    (x1, y1),
+                    x2 - x1,
+                    y2 - y1,
+                    fill=False,
+                    edgecolor=color,
+                    linestyle=line,
+                    linewidth=1.5,
+                )
+            )
     query = _short(str(record.get("query") or ""), lines=1)
-    ax.set_title(f"{rank}: id {record['image_id']}, reward {record['reward']:.2f}\n{query}",
-                 fontsize=8)
+    ax.set_title(
+        f"{rank}: id {record['image_id']}, reward {record['reward']:.2f}\n{query}", fontsize=8
+    )
     if "text" in prediction:  # OCR: the texts are the prediction.
-        ax.set_xlabel(_short(f"pred: {prediction['text']}\ngt: {truth.get('text', '')}"),
-                      fontsize=7)
+        ax.set_xlabel(
+            _short(f"pred: {prediction['text']}\ngt: {truth.get('text', '')}"), fontsize=7
+        )
     elif "boxes" in truth:
-        ax.set_xlabel(f"gt {len(truth['boxes'])} boxes, pred {len(prediction.get('boxes', ()))}",
-                      fontsize=8)
+        ax.set_xlabel(
+            f"gt {len(truth['boxes'])} boxes, pred {len(prediction.get('boxes', ()))}", fontsize=8
+        )
     ax.set_xticks([])
     ax.set_yticks([])
 

@@ -1,15 +1,15 @@
 """Perception tasks: prompt, reward target, SFT answer, prediction parser and metrics per task.
 
-    from perception_rl.data.tasks import ImageGeometry, get_task
-    task = get_task("counting")
-    geometry = ImageGeometry.for_image(height, width, processor.image_processor)
-    messages = task.conversation(example, "qwen2_5_vl")
-    target = task.target(example, geometry, "qwen2_5_vl")
-    r = rewards.score(task.reward, completions, [target], group_size=G,
-                      **task.reward_options("qwen2_5_vl"))
+from perception_rl.data.tasks import ImageGeometry, get_task
+task = get_task("counting")
+geometry = ImageGeometry.for_image(height, width, processor.image_processor)
+messages = task.conversation(example, "qwen2_5_vl")
+target = task.target(example, geometry, "qwen2_5_vl")
+r = rewards.score(task.reward, completions, [target], group_size=G,
+                  **task.reward_options("qwen2_5_vl"))
 """
-from perception_rl.data.tasks.base import (FAMILIES, SYSTEM_PROMPT, Example, ImageGeometry,
-                                           Task)
+
+from perception_rl.data.tasks.base import FAMILIES, SYSTEM_PROMPT, Example, ImageGeometry, Task
 from perception_rl.data.tasks.registry import TASKS, get_task
 
 __all__ = ["FAMILIES", "SYSTEM_PROMPT", "TASKS", "Example", "ImageGeometry", "Task", "get_task"]

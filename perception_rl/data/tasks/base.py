@@ -9,15 +9,17 @@ integers in 0–1000 normalised to the image sides; "qwen2_5_vl" writes integer 
 smart-resized image the model sees. `ImageGeometry` converts between the two; targets are in the
 policy's convention, predictions are mapped back to original pixels before metrics.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-Example = dict[str, Any]      # one record of perception_rl.data.synthetic / a TFDS builder
-Message = dict[str, Any]      # HF-style chat message
+Example = dict[str, Any]  # one record of perception_rl.data.synthetic / a TFDS builder
+Message = dict[str, Any]  # HF-style chat message
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 SYSTEM_PROMPT = "You are a helpful assistant."  # Qwen's default ("qwen" in PR1's scripts).
 NORMALIZED_SCALE = 1000  # Qwen2-VL's coordinate frame: 0..1000 on both axes.
@@ -28,6 +30,14 @@ def check_family(family: str) -> str:
     if family not in FAMILIES:
         raise ValueError(f"Unknown policy family {family!r}; expected one of {FAMILIES}.")
     return family
+
+
+def image_chat(system_prompt: str, text: str) -> list[Message]:
+    """System message, then a user turn holding the image followed by the task text."""
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +93,8 @@ class ImageGeometry:
 class Task(Protocol):
     """One perception task. Implementations are small frozen dataclasses."""
 
-    name: str                      # e.g. "counting"
-    reward: str                    # name in the perception_rl.rewards registry
+    name: str  # e.g. "counting"
+    reward: str  # name in the perception_rl.rewards registry
     metric_names: tuple[str, ...]  # keys `metrics` returns; the first is the headline number
     table_columns: tuple[tuple[str, str], ...]  # (metric key, header) of the papers' table
     # How completions are decoded for the reward and `predict` (PR1 keeps special tokens for
@@ -110,6 +120,7 @@ class Task(Protocol):
         `{"text": str}`.
         """
 
-    def metrics(self, predictions: Sequence[dict[str, Any]],
-                examples: Sequence[Example]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> dict[str, float]:
         """Eval metrics over a split (via perception_rl.eval.metrics), keyed by metric_names."""

@@ -12,16 +12,24 @@ Target `{"points": [[x, y], ...]}`: the centres of the boxes exactly as the answ
 so the SFT answer scores the maximum 1.0. Reward "counting"; metric: exact-count accuracy (an
 empty output is never correct).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from perception_rl.data.tasks import formats
-from perception_rl.data.tasks.base import (SYSTEM_PROMPT, Example, ImageGeometry, Message,
-                                           check_family)
+from perception_rl.data.tasks.base import (
+    SYSTEM_PROMPT,
+    Example,
+    ImageGeometry,
+    Message,
+    check_family,
+    image_chat,
+)
 from perception_rl.eval import metrics as eval_metrics
 
 PROMPT = "Output all the bounding boxes of the {label}"
@@ -42,8 +50,7 @@ class CountingTask:
     def conversation(self, example: Example, family: str) -> list[Message]:
         check_family(family)
         text = self.prompt.format(label=_label(example))
-        return [{"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return image_chat(self.system_prompt, text)
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         boxes = _instances(example, geometry, family)
@@ -61,8 +68,9 @@ class CountingTask:
         boxes = formats.original_boxes(formats.read_box_spans(completion), geometry, family)
         return {"boxes": formats.to_list(boxes), "count": len(boxes)}
 
-    def metrics(self, predictions: Sequence[dict[str, Any]],
-                examples: Sequence[Example]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> dict[str, float]:
         counts = np.array([len(p.get("boxes", ())) for p in predictions], np.int64)
         return eval_metrics.counting_metrics(counts, np.array([count(e) for e in examples]))
 

@@ -8,31 +8,41 @@ the whole scene, name the ambiguous regions looked at closely, then answer with 
     ambiguous regions you look at closely in <look> </look>, then give the boxes of every
     {label} in <answer> </answer>. Write boxes as JSON: [{"bbox_2d": [x1, y1, x2, y2]}].
 
-Answer: `<think>…</think>\\n<look>[…]</look>\\n<answer>[…]</answer>`, boxes as JSON `bbox_2d` lists
-(the syntax the "dip" reward parses) in the family's numbers. For SFT the look block holds the
-instances that overlap another instance most (IoU > 0, at most `max_look_boxes`, largest overlap
-first): occlusion is what makes a crowd ambiguous. Target `{"boxes": [...], "ignore": [...]}`
-with the ignore regions; reward "dip"; metrics: AP50, MR⁻², JI, recall, precision and F1 at
-IoU 0.5 with ignore regions (CrowdHuman / CityPersons definitions).
+Answer: `<think>…</think>\\n<look>[…]</look>\\n<answer>[…]</answer>`, boxes as JSON `bbox_2d`
+lists (the syntax the "dip" reward parses) in the family's numbers. For SFT the look block holds
+the instances that overlap another instance most (IoU > 0, at most `max_look_boxes`, largest
+overlap first): occlusion is what makes a crowd ambiguous. Target
+`{"boxes": [...], "ignore": [...]}` with the ignore regions; reward "dip"; metrics: AP50, MR⁻²,
+JI, recall, precision and F1 at IoU 0.5 with ignore regions (CrowdHuman / CityPersons).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from perception_rl.data.tasks import formats
-from perception_rl.data.tasks.base import (SYSTEM_PROMPT, Example, ImageGeometry, Message,
-                                           check_family)
+from perception_rl.data.tasks.base import (
+    SYSTEM_PROMPT,
+    Example,
+    ImageGeometry,
+    Message,
+    check_family,
+    image_chat,
+)
 from perception_rl.eval import metrics as eval_metrics
 from perception_rl.eval.metrics import box_iou
 from perception_rl.rewards import parse
 
-PROMPT = ("Detect every {label} in the image. Think about the whole scene in <think> </think>, "
-          "list the ambiguous regions you look at closely in <look> </look>, then give the boxes "
-          "of every {label} in <answer> </answer>. Write boxes as JSON: "
-          '[{{"bbox_2d": [x1, y1, x2, y2]}}].')
+PROMPT = (
+    "Detect every {label} in the image. Think about the whole scene in <think> </think>, "
+    "list the ambiguous regions you look at closely in <look> </look>, then give the boxes "
+    "of every {label} in <answer> </answer>. Write boxes as JSON: "
+    '[{{"bbox_2d": [x1, y1, x2, y2]}}].'
+)
 THINK = "There are {count} {label} instances; {overlapping} of them overlap others."
 TAGS = ("think", "look", "answer")
 
@@ -45,8 +55,13 @@ class CrowdTask:
     reward: str = "dip"
     metric_names: tuple[str, ...] = ("AP50", "MR-2", "JI", "recall", "precision", "F1")
     table_columns: tuple[tuple[str, str], ...] = (
-        ("AP50", "AP50"), ("MR-2", "MR⁻²↓"), ("JI", "JI"), ("recall", "Recall"),
-        ("precision", "Precision"), ("F1", "F1"))
+        ("AP50", "AP50"),
+        ("MR-2", "MR⁻²↓"),
+        ("JI", "JI"),
+        ("recall", "Recall"),
+        ("precision", "Precision"),
+        ("F1", "F1"),
+    )
     skip_special_tokens: bool = True
     max_look_boxes: int = 8  # The dip reward's default: only that many look boxes count.
     prompt: str = PROMPT
@@ -55,12 +70,13 @@ class CrowdTask:
     def conversation(self, example: Example, family: str) -> list[Message]:
         check_family(family)
         text = self.prompt.format(label=_label(example))
-        return [{"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return image_chat(self.system_prompt, text)
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
-        return {"boxes": formats.policy_boxes(example, geometry, family).tolist(),
-                "ignore": formats.policy_boxes(example, geometry, family, "ignore_boxes").tolist()}
+        return {
+            "boxes": formats.policy_boxes(example, geometry, family).tolist(),
+            "ignore": formats.policy_boxes(example, geometry, family, "ignore_boxes").tolist(),
+        }
 
     def reward_options(self, family: str) -> dict[str, Any]:
         check_family(family)
@@ -70,8 +86,10 @@ class CrowdTask:
         boxes = formats.policy_boxes(example, geometry, family)
         look = self.look_boxes(np.asarray(example["boxes"], np.float64).reshape(-1, 4))
         think = THINK.format(count=len(boxes), label=_label(example), overlapping=len(look))
-        return (f"<think>{think}</think>\n<look>{formats.json_boxes(boxes[look])}</look>\n"
-                f"<answer>{formats.json_boxes(boxes)}</answer>")
+        return (
+            f"<think>{think}</think>\n<look>{formats.json_boxes(boxes[look])}</look>\n"
+            f"<answer>{formats.json_boxes(boxes)}</answer>"
+        )
 
     def look_boxes(self, boxes: np.ndarray) -> np.ndarray:
         """Indices of the instances to look at: most-overlapped first, at most max_look_boxes."""
@@ -85,19 +103,26 @@ class CrowdTask:
         blocks = parse.tagged_blocks([completion], TAGS, rows=1).contents
         answer, _ = formats.read_json_boxes(blocks["answer"][0])
         look, _ = formats.read_json_boxes(blocks["look"][0])
-        return {"boxes": formats.to_list(formats.original_boxes(answer, geometry, family)),
-                "look": formats.to_list(formats.original_boxes(look, geometry, family))}
+        return {
+            "boxes": formats.to_list(formats.original_boxes(answer, geometry, family)),
+            "look": formats.to_list(formats.original_boxes(look, geometry, family)),
+        }
 
-    def metrics(self, predictions: Sequence[dict[str, Any]],
-                examples: Sequence[Example]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> dict[str, float]:
         annotations, detections = [], []
         for example, prediction in zip(examples, predictions, strict=True):
             image_id = example["image_id"]
             for key, crowd in (("boxes", 0), ("ignore_boxes", 1)):
-                annotations += [{"image_id": image_id, "bbox": box, "iscrowd": crowd}
-                                for box in formats.xywh(example.get(key, ()))]
-            detections += [{"image_id": image_id, "bbox": box}
-                           for box in formats.xywh(prediction.get("boxes", ()))]
+                annotations += [
+                    {"image_id": image_id, "bbox": box, "iscrowd": crowd}
+                    for box in formats.xywh(example.get(key, ()))
+                ]
+            detections += [
+                {"image_id": image_id, "bbox": box}
+                for box in formats.xywh(prediction.get("boxes", ()))
+            ]
         gt = {"images": [{"id": e["image_id"]} for e in examples], "annotations": annotations}
         return eval_metrics.crowd_metrics(gt, detections, iou=0.5)
 

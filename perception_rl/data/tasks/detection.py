@@ -8,17 +8,25 @@ qwen2_5_vl and 0–1000 for qwen2_vl. Target `{"boxes": [...], "labels": [name, 
 "detection" with `vocabulary = label_names`. Metrics: COCO AP / AR (faster-coco-eval, every
 detection scored 1.0) and class-aware precision / recall / F1 at IoU 0.5.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from perception_rl.data import synthetic
 from perception_rl.data.tasks import formats
-from perception_rl.data.tasks.base import (SYSTEM_PROMPT, Example, ImageGeometry, Message,
-                                           check_family)
+from perception_rl.data.tasks.base import (
+    SYSTEM_PROMPT,
+    Example,
+    ImageGeometry,
+    Message,
+    check_family,
+    image_chat,
+)
 from perception_rl.eval import metrics as eval_metrics
 
 PROMPT = "Please output bbox coordinates and names of {labels}."
@@ -35,7 +43,11 @@ class DetectionTask:
     reward: str = "detection"
     metric_names: tuple[str, ...] = eval_metrics.COCO_METRIC_NAMES + ("precision", "recall", "F1")
     table_columns: tuple[tuple[str, str], ...] = (
-        ("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("F1", "F1@0.5"))
+        ("AP", "AP"),
+        ("AP50", "AP50"),
+        ("AP75", "AP75"),
+        ("F1", "F1@0.5"),
+    )
     skip_special_tokens: bool = True
     label_names: tuple[str, ...] = synthetic.LABELS
     prompt: str = PROMPT
@@ -45,12 +57,13 @@ class DetectionTask:
         check_family(family)
         labels = " ".join(str(example.get("query", "")).split()) or ", ".join(self.label_names)
         text = self.prompt.format(labels=labels)
-        return [{"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return image_chat(self.system_prompt, text)
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
-        return {"boxes": formats.policy_boxes(example, geometry, family).tolist(),
-                "labels": self._names(example)}
+        return {
+            "boxes": formats.policy_boxes(example, geometry, family).tolist(),
+            "labels": self._names(example),
+        }
 
     def reward_options(self, family: str) -> dict[str, Any]:
         check_family(family)
@@ -63,34 +76,53 @@ class DetectionTask:
     def predict(self, completion: str, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         vocabulary = {name: i for i, name in enumerate(self.label_names)}
         boxes, labels = formats.read_json_boxes(completion, vocabulary)
-        return {"boxes": formats.to_list(formats.original_boxes(boxes, geometry, family)),
-                "labels": [self.label_names[i] for i in labels]}
+        return {
+            "boxes": formats.to_list(formats.original_boxes(boxes, geometry, family)),
+            "labels": [self.label_names[i] for i in labels],
+        }
 
-    def metrics(self, predictions: Sequence[dict[str, Any]],
-                examples: Sequence[Example]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> dict[str, float]:
         gt, detections = self.coco_records(predictions, examples)
         scores = eval_metrics.coco_metrics(gt, detections)
         shifted_gt, shifted = _category_separated(gt), _category_separated(detections)
         crowd = eval_metrics.crowd_metrics(shifted_gt, shifted, iou=0.5)
-        return {**scores, "precision": crowd["precision"], "recall": crowd["recall"],
-                "F1": crowd["F1"]}
+        return {
+            **scores,
+            "precision": crowd["precision"],
+            "recall": crowd["recall"],
+            "F1": crowd["F1"],
+        }
 
-    def coco_records(self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
-                     ) -> tuple[dict, list[dict]]:
+    def coco_records(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> tuple[dict, list[dict]]:
         """COCO ground-truth dict and result list (category id = label index + 1)."""
         index = {name: i for i, name in enumerate(self.label_names)}
         annotations, detections = [], []
         for example, prediction in zip(examples, predictions, strict=True):
             image_id = example["image_id"]
             for box, label in zip(formats.xywh(example["boxes"]), example["labels"], strict=True):
-                annotations.append({"image_id": image_id, "category_id": int(label) + 1,
-                                    "bbox": box, "iscrowd": 0})
-            for box, name in zip(formats.xywh(prediction.get("boxes", ())), prediction.get("labels", ()),
-                                 strict=True):
-                detections.append({"image_id": image_id, "category_id": index[name] + 1,
-                                   "bbox": box, "score": 1.0})
-        gt = {"images": [{"id": e["image_id"]} for e in examples], "annotations": annotations,
-              "categories": [{"id": i + 1, "name": n} for i, n in enumerate(self.label_names)]}
+                annotations.append(
+                    {"image_id": image_id, "category_id": int(label) + 1, "bbox": box, "iscrowd": 0}
+                )
+            for box, name in zip(
+                formats.xywh(prediction.get("boxes", ())), prediction.get("labels", ()), strict=True
+            ):
+                detections.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": index[name] + 1,
+                        "bbox": box,
+                        "score": 1.0,
+                    }
+                )
+        gt = {
+            "images": [{"id": e["image_id"]} for e in examples],
+            "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(self.label_names)],
+        }
         return gt, detections
 
     def _names(self, example: Example) -> list[str]:
@@ -99,9 +131,11 @@ class DetectionTask:
 
 def _category_separated(records):
     """Moves each box by its category's shift (ground-truth dict or detection list)."""
+
     def shifted(record):
         x, y, w, h = record["bbox"]
         return {**record, "bbox": [x + record["category_id"] * _CATEGORY_SHIFT, y, w, h]}
+
     if isinstance(records, dict):
         return {**records, "annotations": [shifted(r) for r in records["annotations"]]}
     return [shifted(r) for r in records]

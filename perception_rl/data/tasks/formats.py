@@ -2,13 +2,15 @@
 
 Two syntaxes exist, and each reward parses exactly one of them (seed_spec A4–A7, B3):
 
-* Qwen2-VL spans: `<|object_ref_start|>name<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`;
+* Qwen2-VL spans:
+  `<|object_ref_start|>name<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`;
 * Qwen2.5-VL JSON: `[{"bbox_2d": [x1, y1, x2, y2], "label": "name"}, ...]`.
 
 The numbers inside follow the policy family (`ImageGeometry.to_policy`), whichever syntax the
 task's reward reads. Parsing always goes through `perception_rl.rewards.parse`, so a prediction
 is read exactly as the reward read it during training.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +24,7 @@ from perception_rl.rewards import parse
 OBJECT_REF = "<|object_ref_start|>{}<|object_ref_end|>"
 BOX_SPAN = "<|box_start|>({},{}),({},{})<|box_end|>"
 MAX_ABS_COORDINATE = 1e6  # The rewards' default: larger numbers are not coordinates.
-MAX_BOXES = 512           # Boxes kept per completion, as the counting / detection rewards do.
+MAX_BOXES = 512  # Boxes kept per completion, as the counting / detection rewards do.
 
 
 def object_ref(name: str) -> str:
@@ -59,26 +61,28 @@ def read_first_box(completion: str) -> np.ndarray:
 
 def read_box_spans(completion: str) -> np.ndarray:
     """The counting reward's boxes (`parse.qwen2_boxes`), `[n, 4]` float64."""
-    found = parse.qwen2_boxes([completion], rows=1, max_boxes=MAX_BOXES,
-                              max_abs=MAX_ABS_COORDINATE)
+    found = parse.qwen2_boxes([completion], rows=1, max_boxes=MAX_BOXES, max_abs=MAX_ABS_COORDINATE)
     return found.boxes[0][found.valid[0]].astype(np.float64)
 
 
-def read_json_boxes(text: str | None, vocabulary: Mapping[str, int] | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def read_json_boxes(
+    text: str | None, vocabulary: Mapping[str, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The detection / DIP rewards' valid JSON elements (`parse.json_boxes`).
 
     Returns:
       (`[n, 4]` float64 boxes, `[n]` int vocabulary indices, -1 without a vocabulary).
     """
-    found = parse.json_boxes([text], rows=1, max_boxes=MAX_BOXES, max_abs=MAX_ABS_COORDINATE,
-                             vocabulary=vocabulary)
+    found = parse.json_boxes(
+        [text], rows=1, max_boxes=MAX_BOXES, max_abs=MAX_ABS_COORDINATE, vocabulary=vocabulary
+    )
     valid = found.valid[0]
     return found.boxes[0][valid].astype(np.float64), found.labels[0][valid].astype(np.int64)
 
 
-def policy_boxes(example: Mapping, geometry: ImageGeometry, family: str,
-                 key: str = "boxes") -> np.ndarray:
+def policy_boxes(
+    example: Mapping, geometry: ImageGeometry, family: str, key: str = "boxes"
+) -> np.ndarray:
     """`example[key]` (original pixels) as the policy's integer boxes, `[n, 4]`."""
     boxes = np.asarray(example.get(key, ()), np.float64).reshape(-1, 4)
     return geometry.to_policy(boxes, family).reshape(-1, 4)

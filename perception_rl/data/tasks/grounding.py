@@ -1,27 +1,36 @@
 """Visual grounding (referring expressions, RefCOCO-style), Perception-R1 seed_spec A4.
 
-Prompt (PR1's training text, no trailing period added by its dataset class beyond the template):
+Prompt (PR1's training text):
 `Output the bounding box of the {expression} in the image.` A leading article of the expression
 is dropped so "the blue square" does not read "of the the blue square".
 
 Answer, in the family's native grounding syntax:
-  qwen2_vl:   `<|object_ref_start|>{expression}<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`
+  qwen2_vl:   `<|object_ref_start|>{expression}<|object_ref_end|>`
+              `<|box_start|>(x1,y1),(x2,y2)<|box_end|>`
               with 0–1000 coordinates (reward `format_check="strict"`);
   qwen2_5_vl: `[{"bbox_2d": [x1, y1, x2, y2], "label": "{expression}"}]` in resized-image
               pixels (reward `format_check="json"`).
 Target `{"box": [x1, y1, x2, y2]}`; reward "grounding" (IoU² + format); metrics Acc@0.5 / 0.75 /
 0.95, their mean, centre accuracy and mean IoU per expression.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from perception_rl.data.tasks import formats
-from perception_rl.data.tasks.base import (SYSTEM_PROMPT, Example, ImageGeometry, Message,
-                                           check_family)
+from perception_rl.data.tasks.base import (
+    SYSTEM_PROMPT,
+    Example,
+    ImageGeometry,
+    Message,
+    check_family,
+    image_chat,
+)
 from perception_rl.eval import metrics as eval_metrics
 
 PROMPT = "Output the bounding box of the {expression} in the image."
@@ -33,11 +42,20 @@ class GroundingTask:
 
     name: str = "grounding"
     reward: str = "grounding"
-    metric_names: tuple[str, ...] = ("acc@0.5", "acc@0.75", "acc@0.95", "acc_mean",
-                                     "centre_acc", "mean_iou")
+    metric_names: tuple[str, ...] = (
+        "acc@0.5",
+        "acc@0.75",
+        "acc@0.95",
+        "acc_mean",
+        "centre_acc",
+        "mean_iou",
+    )
     table_columns: tuple[tuple[str, str], ...] = (
-        ("acc@0.5", "Acc@0.5"), ("acc@0.75", "Acc@0.75"), ("acc@0.95", "Acc@0.95"),
-        ("acc_mean", "Avg"))
+        ("acc@0.5", "Acc@0.5"),
+        ("acc@0.75", "Acc@0.75"),
+        ("acc@0.95", "Acc@0.95"),
+        ("acc_mean", "Avg"),
+    )
     skip_special_tokens: bool = False
     prompt: str = PROMPT
     system_prompt: str = SYSTEM_PROMPT
@@ -45,8 +63,7 @@ class GroundingTask:
     def conversation(self, example: Example, family: str) -> list[Message]:
         check_family(family)
         text = self.prompt.format(expression=expression(example))
-        return [{"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        return image_chat(self.system_prompt, text)
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         return {"box": _referent(example, geometry, family).tolist()}
@@ -64,11 +81,13 @@ class GroundingTask:
         box = formats.read_first_box(completion)
         return {"boxes": formats.to_list(formats.original_boxes(box, geometry, family))}
 
-    def metrics(self, predictions: Sequence[dict[str, Any]],
-                examples: Sequence[Example]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> dict[str, float]:
         # An unparsed output is a NaN box: wrong at every threshold, IoU 0.
-        pred = np.array([p["boxes"][0] if p.get("boxes") else [np.nan] * 4 for p in predictions],
-                        np.float64).reshape(-1, 4)
+        pred = np.array(
+            [p["boxes"][0] if p.get("boxes") else [np.nan] * 4 for p in predictions], np.float64
+        ).reshape(-1, 4)
         gt = np.array([np.asarray(e["boxes"], np.float64).reshape(-1, 4)[0] for e in examples])
         return eval_metrics.grounding_metrics(pred, gt.reshape(-1, 4))
 
@@ -82,6 +101,8 @@ def expression(example: Example) -> str:
 def _referent(example: Example, geometry: ImageGeometry, family: str) -> np.ndarray:
     boxes = formats.policy_boxes(example, geometry, family)
     if len(boxes) != 1:
-        raise ValueError(f"Grounding example {example.get('image_id')!r} needs exactly one box, "
-                         f"got {len(boxes)}.")
+        raise ValueError(
+            f"Grounding example {example.get('image_id')!r} needs exactly one box, "
+            f"got {len(boxes)}."
+        )
     return boxes[0]

@@ -6,14 +6,22 @@ same in both families (no coordinates). Target `{"text": str}`; reward "ocr" (1 
 edit distance after whitespace collapsing); metrics: edit distance (lower is better), token-set
 F1 / precision / recall, BLEU and METEOR (NaN when WordNet is not installed).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from perception_rl.data.tasks.base import (SYSTEM_PROMPT, Example, ImageGeometry, Message,
-                                           check_family)
+from perception_rl.data.tasks.base import (
+    SYSTEM_PROMPT,
+    Example,
+    ImageGeometry,
+    Message,
+    check_family,
+    image_chat,
+)
 from perception_rl.eval import metrics as eval_metrics
 from perception_rl.rewards import parse
 
@@ -26,20 +34,22 @@ class OcrTask:
 
     name: str = "ocr"
     reward: str = "ocr"
-    metric_names: tuple[str, ...] = ("edit_distance", "f1", "precision", "recall", "bleu",
-                                     "meteor")
+    metric_names: tuple[str, ...] = ("edit_distance", "f1", "precision", "recall", "bleu", "meteor")
     table_columns: tuple[tuple[str, str], ...] = (
-        ("edit_distance", "ED↓"), ("f1", "F1"), ("precision", "Precision"),
-        ("recall", "Recall"), ("bleu", "BLEU"), ("meteor", "METEOR"))
+        ("edit_distance", "ED↓"),
+        ("f1", "F1"),
+        ("precision", "Precision"),
+        ("recall", "Recall"),
+        ("bleu", "BLEU"),
+        ("meteor", "METEOR"),
+    )
     skip_special_tokens: bool = True
     prompt: str = PROMPT
     system_prompt: str = SYSTEM_PROMPT
 
     def conversation(self, example: Example, family: str) -> list[Message]:
         check_family(family)
-        return [{"role": "system", "content": self.system_prompt},
-                {"role": "user", "content": [{"type": "image"},
-                                             {"type": "text", "text": self.prompt}]}]
+        return image_chat(self.system_prompt, self.prompt)
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         check_family(family)
@@ -57,9 +67,11 @@ class OcrTask:
         # Special tokens stay in decoded completions (the box tasks need them); drop the ends.
         return {"text": parse.strip_end_tokens(completion.replace("<|endoftext|>", "")).strip()}
 
-    def metrics(self, predictions: Sequence[dict[str, Any]],
-                examples: Sequence[Example]) -> dict[str, float]:
-        scores = eval_metrics.ocr_metrics([str(p.get("text", "")) for p in predictions],
-                                          [str(e["text"]) for e in examples])
+    def metrics(
+        self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
+    ) -> dict[str, float]:
+        scores = eval_metrics.ocr_metrics(
+            [str(p.get("text", "")) for p in predictions], [str(e["text"]) for e in examples]
+        )
         # Without WordNet there is no METEOR (ocr_metrics warns why): NaN keeps the keys fixed.
         return {name: scores.get(name, math.nan) for name in self.metric_names}

@@ -3,6 +3,7 @@
 Adding a task: write `perception_rl/data/tasks/<name>.py` with a frozen dataclass implementing
 `base.Task`, then add one entry to `TASKS`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,7 @@ def get_task(name: str, **overrides) -> Task:
     cls = TASKS[name]
     fields = {f.name for f in dataclasses.fields(cls)}
     if unknown := set(overrides) - fields:
-        raise ValueError(f"Unknown option(s) {sorted(unknown)} for task {name!r}; "
-                         f"valid: {sorted(fields)}.")
+        raise ValueError(
+            f"Unknown option(s) {sorted(unknown)} for task {name!r}; valid: {sorted(fields)}."
+        )
     return cls(**overrides)
