@@ -272,7 +272,7 @@ def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
         ({**good, "boxes": [[1, 2, 70, 20]]}, "outside the 60x40 image"),
         ({**good, "image": "missing.png"}, "No such file"),
         ({**good, "image_id": "7"}, "not an integer"),
-        ({**good, "labels": ["unicorn"]}, "unicorn"),
+        ({**good, "labels": ["unicorn"]}, "label 'unicorn' is not one"),
         ({**good, "labels": [0, 1]}, "2 labels for 1 boxes"),
         ("[1, 2", "not JSON"),
     ]:

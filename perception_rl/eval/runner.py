@@ -95,29 +95,13 @@ def evaluate(
     split = option(config, "eval.split", "validation")
     source = make_source(config, task, split)
     _check_task(source, task)
-    predictions_file = option(config, "eval.predictions_file")
-    family = None
-    if predictions_file:
-        records = read_predictions(predictions_file)
-        examples = [annotation(source[i]) for i in range(len(source))]
-    else:
-        model, processor = (load_policy or load_checkpoint)(config)
-        family = model.config.family
-        records, examples = predict(
-            task,
-            model,
-            processor,
-            source,
-            family,
-            batch_size=option(config, "eval.batch_size", 8),
-            max_new_tokens=option(config, "eval.max_new_tokens", 256),
-        )
-    metrics = score_predictions(task, records, examples)
     out = pathlib.Path(workdir) / "eval" / str(option(config, "eval.name") or split)
     out.mkdir(parents=True, exist_ok=True)
+    records, examples, family = _predictions(config, task, source, load_policy)
+    write_jsonl(out / "predictions.jsonl", records)  # First: decoding is the costly part.
+    metrics = score_predictions(task, records, examples)
     label = str(option(config, "eval.name") or checkpoint_name(config))
     table = format_table(task, [(label, split, metrics)])
-    write_jsonl(out / "predictions.jsonl", records)
     summary = {
         "task": task.name,
         "split": split,
@@ -130,11 +114,30 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     (out / "table.md").write_text(table + "\n")
     positions = {e["image_id"]: i for i, e in enumerate(examples)}
-    gallery = draw_gallery(
-        out / "gallery.png", records, source, positions, option(config, "eval.gallery_size", 4)
-    )
+    gallery_size = option(config, "eval.gallery_size", 4)
+    gallery = draw_gallery(out / "gallery.png", records, source, positions, gallery_size)
     print(table, flush=True)
     return EvalResult(metrics, table, out, out / "predictions.jsonl", out / "metrics.json", gallery)
+
+
+def _predictions(config, task: Task, source, load_policy) -> tuple[list, list, str | None]:
+    """(records, annotations, family): decoded, or read from `eval.predictions_file`."""
+    predictions_file = option(config, "eval.predictions_file")
+    if predictions_file:
+        examples = [annotation(source[i]) for i in range(len(source))]
+        return read_predictions(predictions_file), examples, None
+    model, processor = (load_policy or load_checkpoint)(config)
+    family = model.config.family
+    records, examples = predict(
+        task,
+        model,
+        processor,
+        source,
+        family,
+        batch_size=option(config, "eval.batch_size", 8),
+        max_new_tokens=option(config, "eval.max_new_tokens", 256),
+    )
+    return records, examples, family
 
 
 def option(config, dotted: str, default: Any = None) -> Any:
@@ -252,7 +255,7 @@ def _parse_example(record: Mapping, root: pathlib.Path, names: Mapping[str, int]
     image_path = root / str(record["image"])
     with Image.open(image_path) as image:  # Reads the header only.
         width, height = image.size
-    labels = [names[v] if isinstance(v, str) else int(v) for v in record.get("labels", ())]
+    labels = [_label_index(v, names) for v in record.get("labels", ())]
     example = {
         "image_path": image_path,
         "image_id": image_id,
@@ -285,6 +288,15 @@ def _parse_example(record: Mapping, root: pathlib.Path, names: Mapping[str, int]
     if len(labels) not in (0, len(boxes)):
         raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
     return example
+
+
+def _label_index(value, names: Mapping[str, int]) -> int:
+    """A label given as an index, or as a name of the task's `label_names`."""
+    if not isinstance(value, str):
+        return int(value)
+    if value not in names:
+        raise ValueError(f"label {value!r} is not one of the task's {len(names)} label names")
+    return names[value]
 
 
 def annotation(example: Example) -> Example:
@@ -347,7 +359,7 @@ def _architecture(config, model_spec) -> tuple[Any, Any]:
         raise ValueError(
             "config.model (HF directory or preset name) is needed to restore an orbax checkpoint."
         )
-    if _is_hf_dir(model_spec) or (pathlib.Path(str(model_spec)) / "config.json").is_file():
+    if (pathlib.Path(str(model_spec)) / "config.json").is_file():
         model_config = QwenVLConfig.from_pretrained(str(model_spec))
         return model_config, make_processor(config, model_config, (model_spec,))
     processor = make_processor(config, preset(model_spec), ())
