@@ -154,10 +154,42 @@ def pad_prompts(prompts: Sequence[dict], *, pad_id: int,
     return out
 
 
-def pad_answers(records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
-    """SFT targets: answer ids right-padded to a bucketed length, and their mask [B, T]."""
+def padded_sizes(prompts: dict[str, np.ndarray]) -> np.ndarray:
+    """(length, patches, images) of already padded prompt arrays."""
+    if "pixel_values" not in prompts:
+        return np.asarray([prompts["input_ids"].shape[1], 0, 0], np.int64)
+    return np.asarray([prompts["input_ids"].shape[1], prompts["pixel_values"].shape[1],
+                       prompts["image_grid_thw"].shape[1]], np.int64)
+
+
+def repad_prompts(prompts: dict[str, np.ndarray], sizes: Sequence[int], *,
+                  pad_id: int) -> dict[str, np.ndarray]:
+    """Pads padded prompt arrays further, to (length, patches, images) = `sizes`.
+
+    Token arrays grow on the left, patch arrays on the right, so the padded batch equals one
+    padded to `sizes` from the start; batches of different buckets can then be concatenated.
+    """
+    length, patches, images = (int(s) for s in sizes)
+    out = {"input_ids": _pad_to(prompts["input_ids"], length, 1, left=True, value=pad_id),
+           "attention_mask": _pad_to(prompts["attention_mask"], length, 1, left=True),
+           "position_ids": _pad_to(prompts["position_ids"], length, 2, left=True, value=1)}
+    if patches:
+        if "pixel_values" not in prompts:
+            raise ValueError("cannot mix prompts with and without images in one batch.")
+        for key in ("pixel_values", "patch_rows", "patch_cols"):
+            out[key] = _pad_to(prompts[key], patches, 1, left=False)
+        for key in ("frame_segments", "window_segments"):
+            out[key] = _pad_to(prompts[key], patches, 1, left=False, value=PAD_SEGMENT)
+        out["image_grid_thw"] = _pad_to(prompts["image_grid_thw"], images, 1, left=False)
+    return out
+
+
+def pad_answers(records: Sequence[Record], length: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """SFT targets: answer ids right-padded to `length` (default: bucketed), and their mask."""
     answers = [r["answer_ids"] for r in records]
-    length = bucket(max(len(a) for a in answers), MIN_ANSWER_LENGTH)
+    if length is None:
+        length = bucket(max(len(a) for a in answers), MIN_ANSWER_LENGTH)
     tokens = np.stack([_pad_to(a, length, 0, left=False) for a in answers]).astype(np.int32)
     lengths = np.asarray([len(a) for a in answers])
     return tokens, length_mask(lengths, length)

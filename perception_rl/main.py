@@ -1,0 +1,108 @@
+"""Command line: GRPO training, SFT and evaluation from one ml_collections config.
+
+    python -m perception_rl.main --config=configs/smoke.py --workdir=/tmp/run \\
+        [--mode=train|sft|eval] [--config.key=value ...]
+
+`train` runs GRPO (`perception_rl.rl.trainer.train`), `sft` supervised fine-tuning
+(`perception_rl.rl.sft.train`), `eval` the evaluation runner
+(`perception_rl.eval.runner.evaluate`). A workdir that already holds a run resumes it.
+
+Multi-host: with `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` set (see
+experiments/local_two_process.sh), or inside a SLURM job or on a multi-host TPU slice, every
+process calls `jax.distributed.initialize` before touching a device; all processes run the same
+command and share the workdir.
+
+A config that cannot run (unknown key, value of the wrong type, a mesh that does not divide the
+devices, an unknown task, ...) exits with status 2 after one line on stderr.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+MODES = ("train", "sft", "eval")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, exports).")
+_MODE = flags.DEFINE_enum("mode", "train", MODES, "train (GRPO), sft or eval.")
+EXIT_CONFIG_ERROR = 2
+
+
+def config_error(message: str) -> None:
+    """Prints one line and exits with EXIT_CONFIG_ERROR."""
+    print(f"perception_rl.main: config error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG_ERROR)
+
+
+def _override_key(argv: list[str], missing: str) -> str:
+    """The `--config.…` argument that names the missing key, for the error line."""
+    for arg in argv:
+        if arg.startswith("--config.") and missing in arg.split("=", 1)[0].split("."):
+            return arg.split("=", 1)[0][2:]
+    return missing
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with config mistakes reported as one line."""
+    try:
+        return flags.FLAGS(argv)
+    except (KeyError, AttributeError) as e:  # an override of a key the config lacks
+        missing = str(e).strip("\"'")
+        config_error(f"unknown config key {_override_key(argv, missing)!r}")
+    except (flags.Error, ValueError, TypeError) as e:  # wrong type, unparsable value
+        config_error(str(e))
+    return []  # unreachable
+
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize` when the environment describes a multi-process job."""
+    import jax
+    if address := os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize(address, int(os.environ["JAX_NUM_PROCESSES"]),
+                                   int(os.environ["JAX_PROCESS_ID"]))
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("MEGASCALE_NUM_SLICES") \
+            or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()  # SLURM / TPU pod: everything comes from the cluster
+
+
+def run(mode: str, config, workdir: str):
+    """Runs one mode; returns the mode's summary."""
+    if mode == "train":
+        from perception_rl.rl import trainer
+        return trainer.train(config, workdir)
+    if mode == "sft":
+        from perception_rl.rl import sft
+        return sft.train(config, workdir)
+    from perception_rl.eval import runner
+    return runner.evaluate(config, workdir)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        config_error(f"unexpected arguments {argv[1:]}")
+    if _WORKDIR.value is None:
+        config_error("--workdir is required")
+    try:
+        config = _CONFIG.value
+        config.get("task")  # a config file that failed to load raises here
+    except Exception as e:  # noqa: BLE001 - any failure to build the config is a config error
+        config_error(f"--config: {e}")
+    if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
+        logging.set_verbosity(logging.WARNING)
+    from perception_rl.rl.runtime import ConfigError
+    initialize_distributed()
+    try:
+        summary = run(_MODE.value, config, _WORKDIR.value)
+    except ConfigError as e:
+        config_error(str(e))
+    if isinstance(summary, dict) and summary.get("stopped"):
+        print(f"perception_rl.main: stopped by SIGTERM after step {summary['step']} "
+              "(checkpointed)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main, flags_parser=parse_flags)
