@@ -121,7 +121,12 @@ def test_orbax_restore_picks_the_step_and_reads_pure_dicts(checkpoint, tmp_path)
     shifted = jax.tree.map(lambda x: x + 1, state)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save((tmp_path / "7" / "params").absolute(), state)
-        checkpointer.save((tmp_path / "12" / "params").absolute(), nnx.to_pure_dict(shifted))
+    # Step 12 as perception_rl.rl.checkpoint writes it: a manager item of pure-dict params.
+    manager = ocp.CheckpointManager(tmp_path.absolute(), item_names=("params",))
+    pure = nnx.to_pure_dict(shifted)
+    manager.save(12, args=ocp.args.Composite(params=ocp.args.StandardSave(pure)))
+    manager.wait_until_finished()
+    manager.close()
     assert runner.orbax_params_dir(tmp_path) == tmp_path / "12" / "params"
     assert runner.orbax_params_dir(tmp_path, 7) == tmp_path / "7" / "params"
     assert runner.orbax_params_dir(tmp_path / "7") == tmp_path / "7" / "params"

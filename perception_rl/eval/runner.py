@@ -19,8 +19,10 @@ Config fields read (`ml_collections.ConfigDict` or anything with attributes; def
   model                 architecture: an HF directory, or a preset name (`models.preset`).
   checkpoint            what to evaluate: an HF directory (config.json + safetensors), or an
                         orbax directory of our trainer holding `<step>/params` (the NNX
-                        `nnx.Param` state saved by `orbax.checkpoint.StandardCheckpointer`; the
-                        latest step unless `eval.step`), or that `<step>` directory itself.
+                        `nnx.Param` state as `nnx.to_pure_dict` or `nnx.State`, saved by an
+                        orbax `StandardSave`, as `perception_rl.rl.checkpoint` does: pass
+                        `<workdir>/checkpoints`; the latest step unless `eval.step`), or that
+                        `<step>` directory itself.
                         [None: evaluate `model`, which must then be an HF directory.]
   tokenizer             tokenizer directory when neither `checkpoint` nor `model` holds one
                         [the packaged tiny tokenizer for "*tiny*" presets].
@@ -426,13 +428,12 @@ def restore_params(params_dir: pathlib.Path, model_config, dtype) -> Any:
     model = nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(0)))
     target = nnx.state(model, nnx.Param)
     with ocp.StandardCheckpointer() as checkpointer:
-        try:
-            state = checkpointer.restore(params_dir.absolute(), target)
-        except ValueError:  # Saved as a pure dict (`nnx.to_pure_dict`) rather than a State.
+        try:  # The trainer's layout (perception_rl.rl.checkpoint): `nnx.to_pure_dict`.
             pure = checkpointer.restore(params_dir.absolute(), nnx.to_pure_dict(target))
             nnx.replace_by_pure_dict(target, pure)
-            state = target
-    nnx.update(model, state)
+        except ValueError:  # orbax's structure mismatch: an `nnx.State` was saved instead.
+            target = checkpointer.restore(params_dir.absolute(), target)
+    nnx.update(model, target)
     return model
 
 
