@@ -77,9 +77,10 @@ def test_bf16_params_stay_close_to_fp32(hf_checkpoint):
     assert model.dtype == jnp.bfloat16
     logits = np.asarray(model(**batch, position_ids=jnp.asarray(hf_pos)), np.float32)
     valid = _valid(batch)
-    # Measured on these models: max |diff| ~0.05 with logits of magnitude ~2 (bf16 has 8 bits of
-    # mantissa); the argmax agrees almost everywhere.
-    assert np.abs(logits - hf_logits)[valid].max() < 0.15
+    # Measured: max |diff| 0.020, mean 0.003, for logits of std 0.44 (bf16 keeps 8 mantissa
+    # bits; float32 accumulation, norms and softmax); the argmax agrees on 95-100% of tokens.
+    diff = np.abs(logits - hf_logits)[valid]
+    assert diff.max() < 0.05 and diff.mean() < 0.01
     agree = (logits.argmax(-1) == hf_logits.argmax(-1))[valid].mean()
     assert agree > 0.9
 
