@@ -218,7 +218,7 @@ class QwenVLConfig:
                 hidden_act="silu",
                 window_size=v.window_size,
                 fullatt_block_indexes=list(v.fullatt_block_indexes),
-                tokens_per_second=v.tokens_per_second,
+                tokens_per_second=_int_if_integral(v.tokens_per_second),
             )
         arch = (
             "Qwen2VLForConditionalGeneration"
@@ -241,6 +241,11 @@ class QwenVLConfig:
 def _ratio(a: int, b: int) -> int | float:
     """HF's Qwen2-VL config insists on an int mlp_ratio when it is one."""
     return a // b if a % b == 0 else a / b
+
+
+def _int_if_integral(x: float) -> int | float:
+    """transformers' strict config dataclasses reject 2.0 where the hub writes 2."""
+    return int(x) if float(x).is_integer() else x
 
 
 def _common_vision(v: dict[str, Any]) -> dict[str, Any]:
