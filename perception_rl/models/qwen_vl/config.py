@@ -207,7 +207,7 @@ class QwenVLConfig:
             vision.update(
                 embed_dim=v.width,
                 hidden_size=v.out_dim,
-                mlp_ratio=_ratio(v.mlp_dim, v.width),
+                mlp_ratio=_int_if_integral(v.mlp_dim / v.width),
                 hidden_act="quick_gelu",
             )
         else:
@@ -236,11 +236,6 @@ class QwenVLConfig:
             vision_start_token_id=self.vision_start_token_id,
             vision_end_token_id=self.vision_end_token_id,
         )
-
-
-def _ratio(a: int, b: int) -> int | float:
-    """HF's Qwen2-VL config insists on an int mlp_ratio when it is one."""
-    return a // b if a % b == 0 else a / b
 
 
 def _int_if_integral(x: float) -> int | float:
