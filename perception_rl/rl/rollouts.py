@@ -1,8 +1,9 @@
 """GRPO rollouts: prompts → G sampled completions each → rewards → advantages.
 
 `RolloutCollector.collect` produces the training batch of one step. Each draw takes this host's
-next batch of prompt records, pads them to shapes agreed by all hosts and gathers them, so
-every host holds the same global prompt batch; the sampler then draws G completions per prompt
+next batch of prompt records, pads them to shapes agreed by all hosts and gathers them (in
+data-stream order, so H hosts see the batch one process would), so every host holds the same
+global prompt batch; the sampler then draws G completions per prompt
 (the same on every host, since its inputs and key are the same), each host scores the
 completions of its own prompts against its own targets on the host, and the reward arrays are
 gathered back. With dynamic sampling (DAPO), groups whose G rewards are all equal are dropped
@@ -126,14 +127,12 @@ class RolloutCollector:
                        max_new_tokens=cfg.max_new_tokens, key=key, num_samples=group,
                        temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                        eos_ids=cfg.eos_ids, pad_id=cfg.pad_id)
-        # This host's prompts are rows [i * b, (i + 1) * b) of the gathered batch.
-        start = jax.process_index() * len(records) * group
-        mine = slice(start, start + len(records) * group)
+        mine = batch_lib.host_rows(len(records), group)  # this host's prompts' completions
         texts = self.decode(out.tokens[mine], out.lengths[mine])
         scores = rewards_lib.score_components(cfg.reward, texts,
                                               [record["target"] for record in records],
                                               group_size=group, **cfg.reward_options)
-        return Draw(prompts, out.tokens, out.lengths, batch_lib.gather_hosts(scores))
+        return Draw(prompts, out.tokens, out.lengths, batch_lib.gather_hosts(scores, group))
 
     def advantage_rewards(self, rewards: dict[str, np.ndarray]) -> np.ndarray:
         """[B*G] totals, or [B*G, C] components for per-component normalisation."""

@@ -205,7 +205,7 @@ def export_policy(policy: Policy, params: Any, path: str) -> None:
     """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        params = multihost_utils.process_allgather(params)
+        params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() != 0:
         return
     save_pretrained(policy.model(jax.tree.map(np.asarray, params)), path)
