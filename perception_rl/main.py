@@ -23,11 +23,12 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "sft", "eval")
+MODES = ("train", "sft", "eval", "recipe")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, exports).")
-_MODE = flags.DEFINE_enum("mode", "train", MODES, "train (GRPO), sft or eval.")
+_MODE = flags.DEFINE_enum("mode", "train", MODES, "train (GRPO), sft, eval or recipe (SFT, GRPO, "
+                          "evals, report); default: config.mode, else train.")
 EXIT_CONFIG_ERROR = 2
 
 
@@ -73,6 +74,9 @@ def run(mode: str, config, workdir: str):
     if mode == "train":
         from perception_rl.rl import trainer
         return trainer.train(config, workdir)
+    if mode == "recipe":
+        from perception_rl.rl import recipe
+        return recipe.run(config, workdir)
     if mode == "sft":
         from perception_rl.rl import sft
         return sft.train(config, workdir)
@@ -95,7 +99,8 @@ def main(argv: list[str]) -> None:
     from perception_rl.rl.runtime import ConfigError
     initialize_distributed()
     try:
-        summary = run(_MODE.value, config, _WORKDIR.value)
+        mode = _MODE.value if flags.FLAGS["mode"].present else config.get("mode", _MODE.value)
+        summary = run(mode, config, _WORKDIR.value)
     except ConfigError as e:
         config_error(str(e))
     if isinstance(summary, dict) and summary.get("stopped"):

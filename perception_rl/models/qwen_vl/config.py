@@ -397,6 +397,9 @@ PRESETS = {
     "qwen2p5_vl_7b": lambda: _qwen2p5_vl(3584, 28, 28, 4, 18944, 152064, tie=False),
     "qwen2_vl_tiny": lambda: tiny("qwen2_vl"),
     "qwen2p5_vl_tiny": lambda: tiny("qwen2_5_vl"),
+    # The main job (configs/synthetic.py): wide enough to learn the synthetic tasks on CPU.
+    "qwen2p5_vl_tiny_synthetic": lambda: tiny("qwen2_5_vl", hidden_size=128, num_layers=3,
+                                              vision_width=64),
 }
 
 
