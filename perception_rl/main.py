@@ -18,6 +18,7 @@ devices, an unknown task, ...) exits with status 2 after one line on stderr.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -41,9 +42,20 @@ def config_error(message: str) -> None:
 def _override_key(argv: list[str], missing: str) -> str:
     """The `--config.…` argument that names the missing key, for the error line."""
     for arg in argv:
-        if arg.startswith("--config.") and missing in arg.split("=", 1)[0].split("."):
-            return arg.split("=", 1)[0][2:]
+        name = arg.split("=", 1)[0]
+        if name.startswith("--config.") and missing in name.split("."):
+            return name[len("--config."):]
     return missing
+
+
+def _unknown_key(argv: list[str], error: Exception) -> str:
+    """'unknown config key ...' from ml_collections' KeyError / AttributeError text."""
+    text = str(error)
+    key = re.search(r"[A-Za-z_]\w*", text)
+    line = f"unknown config key {_override_key(argv, key.group() if key else text)!r}"
+    if suggestion := re.search(r'Did you mean "(\w+)"', text):
+        line += f"; did you mean {suggestion.group(1)!r}?"
+    return line
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -51,8 +63,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except (KeyError, AttributeError) as e:  # an override of a key the config lacks
-        missing = str(e).strip("\"'")
-        config_error(f"unknown config key {_override_key(argv, missing)!r}")
+        config_error(_unknown_key(argv, e))
+    except flags.UnrecognizedFlagError as e:
+        config_error(str(e).replace("Unknown command line flag 'config.", "unknown config key '"))
     except (flags.Error, ValueError, TypeError) as e:  # wrong type, unparsable value
         config_error(str(e))
     return []  # unreachable
