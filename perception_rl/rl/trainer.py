@@ -120,7 +120,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     state, rng, start = resume_or_init(checkpoints, step_fn, policy, records, config.seed)
     writer = MetricWriter(workdir, total_steps=train_cfg.num_steps, start_step=start,
                           description="grpo", postfix=_POSTFIX)
-    one_step = lambda state, step: _grpo_step(state, step, rng, collector, step_fn, reference,
+    one_step = lambda state, step: grpo_step(state, step, rng, collector, step_fn, reference,
                                               config)
     return run_loop(one_step, state, rng, start=start, num_steps=train_cfg.num_steps,
                     checkpoints=checkpoints, writer=writer, records=records, policy=policy,
@@ -168,7 +168,7 @@ def run_loop(one_step, state: Any, rng: jax.Array, *, start: int, num_steps: int
     return {"step": step, "stopped": stopped, "metrics": metrics, "policy": exported}
 
 
-def _grpo_step(state, step: int, rng, collector: RolloutCollector, step_fn: TrainStep,
+def grpo_step(state, step: int, rng, collector: RolloutCollector, step_fn: TrainStep,
                reference, config) -> tuple[Any, dict]:
     """One GRPO step; the only host sync is reading the metrics back at the end."""
     rl = config.rl
