@@ -11,16 +11,18 @@ Parameters (and the optimiser moments, which mirror them) are placed by the rege
 runs on one CPU, one GPU box, or a multi-host pod: only the mesh changes.
 
 Inside the update:
-  * The prompt prefix (vision tower per prompt, image features scattered into the image slots,
-    text embeddings) is computed once per prompt, then repeated for its G completions.
-  * The decoder runs over prompt + completion; completion positions continue the prompt's
-    M-RoPE positions (last prompt position + 1 + k), as the sampler decoded them. Log-probs of
-    the completion tokens go through the chunked head (`rl.logprobs`), never [B, T, vocab].
+  * Each prompt runs through the decoder once (`prompt_states`: the vision tower per prompt,
+    image features scattered into the image slots, then every layer's keys and values). Its G
+    completions are decoded against those cached keys/values, positions continuing the
+    prompt's M-RoPE positions (last prompt position + 1 + k), exactly as the sampler decoded
+    them; prompt tokens are not recomputed G times. Log-probs of the completion tokens go
+    through the chunked head (`rl.logprobs`), never [B, T, vocab].
   * Micro-batches: the B*G rows are cut into M strided micro-batches (each still spread over
     every batch shard) and scanned; gradients of the summable loss terms
     (`grpo.policy_loss_terms`) are added up and divided once by the total weight, so the
-    update equals the full-batch one. The prefix is differentiated once: its cotangents are
-    collected from the micro-batches and pulled back through the vision tower at the end.
+    update equals the full-batch one. The prompt pass is differentiated once: the cotangents
+    of its keys/values are collected from the micro-batches, summed over each prompt's G
+    completions and pulled back through it at the end.
   * A non-finite loss or gradient norm skips the update: parameters and optimiser state stay
     untouched and `skipped` counts it.
 """
@@ -142,31 +144,58 @@ def prompt_embeddings(model, prompts: dict[str, jax.Array]) -> jax.Array:
     return jnp.where(is_image[..., None], gathered.astype(embeds.dtype), embeds)
 
 
-def completion_logprobs(model, prefix: jax.Array, rows: dict[str, jax.Array],
+def prompt_states(model, prompts: dict[str, jax.Array], *, remat: bool = False) -> dict:
+    """Runs the decoder over each prompt once.
+
+    Returns:
+        {"last_hidden": [B, H] final hidden state of the last prompt position (it predicts the
+        first completion token), "kv": per layer {"k", "v"} [B, P, kv_heads, head_dim]}.
+    """
+    mask = prompts["attention_mask"]
+    cache = model.init_cache(mask.shape[0], mask.shape[1])
+    hidden, cache = model.model(prompt_embeddings(model, prompts),
+                                prompts["position_ids"].swapaxes(0, 1), causal_mask(mask), cache,
+                                0, remat=remat)
+    return {"last_hidden": hidden[:, -1], "kv": cache}
+
+
+def completion_logprobs(model, prefix: dict, rows: dict[str, jax.Array],
                         config: StepConfig, *, with_entropy: bool = False):
-    """Log-probs [R, T] of completion tokens after their prompt prefix.
+    """Log-probs [R, T] of completion tokens, decoded against their prompt's keys and values.
+
+    The G completions of a prompt share its `prompt_states`: only the T completion positions
+    run through the decoder here, attending to the prompt's cached keys/values and causally to
+    each other, exactly as the sampler decoded them. The backward pass sends the gradients of
+    those keys/values (summed over the G completions) back into the prompt's forward.
 
     Args:
         model: the merged policy.
-        prefix: [R, P, H] prompt embeddings, one row per completion.
+        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv [R, P, ...].
         rows: prompt_mask [R, P], prompt_positions [R, 3, P], tokens [R, T], mask [R, T].
         config: chunk size, temperature and remat.
         with_entropy: also return the per-token entropy [R, T].
     """
     tokens, prompt_mask = rows["tokens"], rows["prompt_mask"]
-    prompt_length, length = prefix.shape[1], tokens.shape[1]
-    embeds = jnp.concatenate([prefix, model.model.embed_tokens(tokens)], axis=1)
+    (num_rows, length), prompt_length = tokens.shape, prompt_mask.shape[1]
     positions = rows["prompt_positions"]
     start = jnp.max(jnp.where(prompt_mask[:, None] > 0, positions, -1), axis=(1, 2)) + 1
-    completion_positions = jnp.broadcast_to((start[:, None] + jnp.arange(length))[:, None],
-                                            (len(tokens), 3, length))
-    positions = jnp.concatenate([positions, completion_positions], axis=2).swapaxes(0, 1)
-    mask = jnp.concatenate([prompt_mask, rows["mask"].astype(prompt_mask.dtype)], axis=1)
-    hidden, _ = model.model(embeds, positions, causal_mask(mask), remat=config.remat)
+    positions = jnp.broadcast_to((start[:, None] + jnp.arange(length))[None],
+                                 (3, num_rows, length))
+    keys = jnp.concatenate([prompt_mask > 0, rows["mask"] > 0], axis=1)      # [R, P + T]
+    slot = jnp.arange(prompt_length + length)
+    causal = slot[None, :] <= prompt_length + jnp.arange(length)[:, None]   # [T, P + T]
+    cache = [jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, length), (0, 0), (0, 0))), layer)
+             for layer in prefix["kv"]]
+    hidden, _ = model.model(model.model.embed_tokens(tokens), positions,
+                            keys[:, None, :] & causal[None], cache, prompt_length,
+                            remat=config.remat)
+    # Position t is predicted by the state before it: the prompt's last one for t = 0.
+    hidden = jnp.concatenate([prefix["last_hidden"][:, None].astype(hidden.dtype),
+                              hidden[:, :-1]], axis=1)
     weight, tied = model.head()
-    return token_logprobs(hidden[:, prompt_length - 1:prompt_length + length - 1], tokens,
-                          head_weight=weight, tied=tied, chunk_size=config.logprob_chunk,
-                          temperature=config.temperature, return_entropy=with_entropy)
+    return token_logprobs(hidden, tokens, head_weight=weight, tied=tied,
+                          chunk_size=config.logprob_chunk, temperature=config.temperature,
+                          return_entropy=with_entropy)
 
 
 def loss_terms(config: StepConfig, logps: jax.Array, entropy: jax.Array,
@@ -264,23 +293,23 @@ class TrainStep:
     def _unsplit(self, x: jax.Array) -> jax.Array:
         return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
-    def _rows(self, prefix: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
-        """Per-completion rows: each prompt's prefix, mask and positions repeated G times."""
+    def _rows(self, prefix: dict, batch: dict) -> tuple[dict, dict]:
+        """Per-completion rows: each prompt's states, mask and positions repeated G times."""
         group = self.config.group_size
         prompts = batch["prompts"]
         repeat = lambda x: jnp.repeat(x, group, axis=0)
         rows = {"prompt_mask": repeat(prompts["attention_mask"]),
                 "prompt_positions": repeat(prompts["position_ids"]), **batch["completions"]}
-        return repeat(prefix), rows
+        return jax.tree.map(repeat, prefix), rows
 
     # ----------------------------------------------------------------------------- log-probs
     def _logprobs(self, params: Any, batch: dict) -> jax.Array:
         model = nnx.merge(self.graphdef, params)
-        prefix, rows = self._rows(prompt_embeddings(model, batch["prompts"]), batch)
+        prefix, rows = self._rows(prompt_states(model, batch["prompts"]), batch)
         if self.config.num_micro_batches == 1:
             return completion_logprobs(model, prefix, rows, self.config)
         pieces = jax.lax.map(lambda x: completion_logprobs(model, *x, self.config),
-                             (self._split(prefix), jax.tree.map(self._split, rows)))
+                             jax.tree.map(self._split, (prefix, rows)))
         return self._unsplit(pieces)
 
     # ------------------------------------------------------------------------------ update
@@ -292,15 +321,14 @@ class TrainStep:
 
     def gradients(self, params: Any, batch: dict) -> tuple[Any, grpo.LossTerms]:
         """Gradients of the batch loss and its summed terms, accumulated over micro-batches."""
-        prompts = batch["prompts"]
-        prefix_fn = lambda p: prompt_embeddings(nnx.merge(self.graphdef, p), prompts)
+        prompts, remat = batch["prompts"], self.config.remat
+        prefix_fn = lambda p: prompt_states(nnx.merge(self.graphdef, p), prompts, remat=remat)
         if self.config.num_micro_batches == 1:
             full = lambda p: self._micro_loss(p, *self._rows(prefix_fn(p), batch))
             (_, terms), grads = jax.value_and_grad(full, has_aux=True)(params)
         else:
             prefix, pull_back = jax.vjp(prefix_fn, params)
-            prefix_rows, rows = self._rows(prefix, batch)
-            pieces = (self._split(prefix_rows), jax.tree.map(self._split, rows))
+            pieces = jax.tree.map(self._split, self._rows(prefix, batch))
             grad_fn = jax.value_and_grad(self._micro_loss, argnums=(0, 1), has_aux=True)
             zero_terms = jax.tree.map(
                 jnp.zeros_like, jax.eval_shape(lambda x: self._micro_loss(params, *x)[1],
@@ -314,10 +342,12 @@ class TrainStep:
 
             zero_grads = jax.tree.map(jnp.zeros_like, params)
             (grads, terms), prefix_grads = jax.lax.scan(body, (zero_grads, zero_terms), pieces)
-            prefix_grads = self._unsplit(prefix_grads)
-            prefix_grads = prefix_grads.reshape(prefix.shape[0], self.config.group_size,
-                                                *prefix.shape[1:]).sum(axis=1)
-            grads = add(grads, pull_back(prefix_grads.astype(prefix.dtype))[0])
+            # Each prompt's cotangent is the sum over its G completions.
+            prefix_grads = jax.tree.map(
+                lambda g, x: self._unsplit(g).reshape(x.shape[0], self.config.group_size,
+                                                      *x.shape[1:]).sum(axis=1).astype(x.dtype),
+                prefix_grads, prefix)
+            grads = add(grads, pull_back(prefix_grads)[0])
         scale = 1.0 / jnp.maximum(terms.weight, 1.0)
         return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads), terms
 
