@@ -144,8 +144,16 @@ def prompt_embeddings(model, prompts: dict[str, jax.Array]) -> jax.Array:
     return jnp.where(is_image[..., None], gathered.astype(embeds.dtype), embeds)
 
 
-def prompt_states(model, prompts: dict[str, jax.Array], *, remat: bool = False) -> dict:
+def _unconstrained(x):
+    return x
+
+
+def prompt_states(model, prompts: dict[str, jax.Array], *, remat: bool = False,
+                  constrain=_unconstrained) -> dict:
     """Runs the decoder over each prompt once.
+
+    `constrain` pins batch-major activations to the step's batch sharding (the embedding
+    lookup would otherwise hand them over sharded like the table, along the hidden axis).
 
     Returns:
         {"last_hidden": [B, H] final hidden state of the last prompt position (it predicts the
@@ -153,14 +161,15 @@ def prompt_states(model, prompts: dict[str, jax.Array], *, remat: bool = False) 
     """
     mask = prompts["attention_mask"]
     cache = model.init_cache(mask.shape[0], mask.shape[1])
-    hidden, cache = model.model(prompt_embeddings(model, prompts),
+    hidden, cache = model.model(constrain(prompt_embeddings(model, prompts)),
                                 prompts["position_ids"].swapaxes(0, 1), causal_mask(mask), cache,
                                 0, remat=remat)
     return {"last_hidden": hidden[:, -1], "kv": cache}
 
 
 def completion_logprobs(model, prefix: dict, rows: dict[str, jax.Array],
-                        config: StepConfig, *, with_entropy: bool = False):
+                        config: StepConfig, *, with_entropy: bool = False,
+                        constrain=_unconstrained):
     """Log-probs [R, T] of completion tokens, decoded against their prompt's keys and values.
 
     The G completions of a prompt share its `prompt_states`: only the T completion positions
@@ -174,6 +183,7 @@ def completion_logprobs(model, prefix: dict, rows: dict[str, jax.Array],
         rows: prompt_mask [R, P], prompt_positions [R, 3, P], tokens [R, T], mask [R, T].
         config: chunk size, temperature and remat.
         with_entropy: also return the per-token entropy [R, T].
+        constrain: pins batch-major activations to the batch sharding.
     """
     tokens, prompt_mask = rows["tokens"], rows["prompt_mask"]
     (num_rows, length), prompt_length = tokens.shape, prompt_mask.shape[1]
@@ -186,7 +196,7 @@ def completion_logprobs(model, prefix: dict, rows: dict[str, jax.Array],
     causal = slot[None, :] <= prompt_length + jnp.arange(length)[:, None]   # [T, P + T]
     cache = [jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, length), (0, 0), (0, 0))), layer)
              for layer in prefix["kv"]]
-    hidden, _ = model.model(model.model.embed_tokens(tokens), positions,
+    hidden, _ = model.model(constrain(model.model.embed_tokens(tokens)), positions,
                             keys[:, None, :] & causal[None], cache, prompt_length,
                             remat=config.remat)
     # Position t is predicted by the state before it: the prompt's last one for t = 0.
@@ -290,6 +300,10 @@ class TrainStep:
         x = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, P(None, BATCH_AXES)))
 
+    def _constrain(self, x: jax.Array) -> jax.Array:
+        """Batch-major activations stay split over ('data', 'fsdp') along the batch."""
+        return jax.lax.with_sharding_constraint(x, self.batch_sharding)
+
     def _unsplit(self, x: jax.Array) -> jax.Array:
         return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
@@ -305,24 +319,28 @@ class TrainStep:
     # ----------------------------------------------------------------------------- log-probs
     def _logprobs(self, params: Any, batch: dict) -> jax.Array:
         model = nnx.merge(self.graphdef, params)
-        prefix, rows = self._rows(prompt_states(model, batch["prompts"]), batch)
+        states = prompt_states(model, batch["prompts"], constrain=self._constrain)
+        prefix, rows = self._rows(states, batch)
+        logprobs = lambda x: completion_logprobs(model, *x, self.config,
+                                                 constrain=self._constrain)
         if self.config.num_micro_batches == 1:
-            return completion_logprobs(model, prefix, rows, self.config)
-        pieces = jax.lax.map(lambda x: completion_logprobs(model, *x, self.config),
-                             jax.tree.map(self._split, (prefix, rows)))
+            return logprobs((prefix, rows))
+        pieces = jax.lax.map(logprobs, jax.tree.map(self._split, (prefix, rows)))
         return self._unsplit(pieces)
 
     # ------------------------------------------------------------------------------ update
     def _micro_loss(self, params, prefix, rows):
         model = nnx.merge(self.graphdef, params)
-        logps, entropy = completion_logprobs(model, prefix, rows, self.config, with_entropy=True)
+        logps, entropy = completion_logprobs(model, prefix, rows, self.config, with_entropy=True,
+                                             constrain=self._constrain)
         terms = loss_terms(self.config, logps, jax.lax.stop_gradient(entropy), rows)
         return terms.loss_sum, terms
 
     def gradients(self, params: Any, batch: dict) -> tuple[Any, grpo.LossTerms]:
         """Gradients of the batch loss and its summed terms, accumulated over micro-batches."""
         prompts, remat = batch["prompts"], self.config.remat
-        prefix_fn = lambda p: prompt_states(nnx.merge(self.graphdef, p), prompts, remat=remat)
+        prefix_fn = lambda p: prompt_states(nnx.merge(self.graphdef, p), prompts, remat=remat,
+                                            constrain=self._constrain)
         if self.config.num_micro_batches == 1:
             full = lambda p: self._micro_loss(p, *self._rows(prefix_fn(p), batch))
             (_, terms), grads = jax.value_and_grad(full, has_aux=True)(params)
