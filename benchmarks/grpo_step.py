@@ -16,6 +16,7 @@ Also reported: our update's achieved FLOP/s — XLA's cost analysis of the compi
 reference-log-prob and update programs divided by their measured time — as a fraction of the
 machine's fp32 matmul peak, measured here with a jitted 2048×2048 `jnp.dot`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,14 @@ import numpy as np
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)  # `configs` and `benchmarks` live at the repository root
 
-from bench_models import bench_prompts, build_bench_checkpoint  # noqa: E402
-from configs import common  # noqa: E402
-from perception_rl import rewards  # noqa: E402
-from perception_rl.models.qwen_vl.vision import vision_layout  # noqa: E402
-from perception_rl.rl import batch as batch_lib  # noqa: E402
-from perception_rl.rl import runtime, trainer  # noqa: E402
-from perception_rl.rl.rollouts import RolloutCollector, RolloutConfig  # noqa: E402
+from bench_models import bench_prompts, build_bench_checkpoint
+
+from configs import common
+from perception_rl import rewards
+from perception_rl.models.qwen_vl.vision import vision_layout
+from perception_rl.rl import batch as batch_lib
+from perception_rl.rl import runtime, trainer
+from perception_rl.rl.rollouts import RolloutCollector, RolloutConfig
 
 GROUP, NEW_TOKENS = 8, 64
 LABELS = ["red circle", "blue square", "green triangle", "yellow star"]
@@ -47,8 +49,10 @@ LABELS = ["red circle", "blue square", "green triangle", "yellow star"]
 def targets(num_prompts: int) -> list[dict]:
     """Counting targets (0-1000 points) for the bench prompts, fixed by a seed."""
     rng = np.random.default_rng(1)
-    return [{"points": rng.uniform(0, 1000, (rng.integers(1, 5), 2)).tolist()}
-            for _ in range(num_prompts)]
+    return [
+        {"points": rng.uniform(0, 1000, (rng.integers(1, 5), 2)).tolist()}
+        for _ in range(num_prompts)
+    ]
 
 
 def records_from_batch(batch: dict, vision, goals: list[dict]) -> list[dict]:
@@ -58,13 +62,16 @@ def records_from_batch(batch: dict, vision, goals: list[dict]) -> list[dict]:
         real = batch["attention_mask"][row] > 0
         patches = int(np.prod(grid))
         layout = vision_layout(grid[None], vision).as_dict()
-        prompt = {"input_ids": batch["input_ids"][row][real].astype(np.int32),
-                  "position_ids": batch["position_ids"][:, row][:, real].astype(np.int32),
-                  "pixel_values": batch["pixel_values"][offset:offset + patches],
-                  "image_grid_thw": grid[None].astype(np.int32),
-                  "patch_rows": layout["rows"], "patch_cols": layout["cols"],
-                  "frame_segments": layout["frame_segments"],
-                  "window_segments": layout["window_segments"]}
+        prompt = {
+            "input_ids": batch["input_ids"][row][real].astype(np.int32),
+            "position_ids": batch["position_ids"][:, row][:, real].astype(np.int32),
+            "pixel_values": batch["pixel_values"][offset : offset + patches],
+            "image_grid_thw": grid[None].astype(np.int32),
+            "patch_rows": layout["rows"],
+            "patch_cols": layout["cols"],
+            "frame_segments": layout["frame_segments"],
+            "window_segments": layout["window_segments"],
+        }
         records.append({"prompt": prompt, "target": goals[row]})
         offset += patches
     return records
@@ -94,36 +101,51 @@ def time_ours(path: str, num_prompts: int, steps: int) -> dict:
     policy = runtime.load_policy(config, mesh)
     batch = bench_prompts(path, num_prompts)
     records = records_from_batch(batch, policy.model_config.vision, targets(num_prompts))
-    settings = RolloutConfig(group_size=GROUP, max_new_tokens=NEW_TOKENS, temperature=1.0,
-                             top_k=50, top_p=0.9, eos_ids=(), pad_id=policy.pad_id,
-                             reward="counting")
+    settings = RolloutConfig(
+        group_size=GROUP,
+        max_new_tokens=NEW_TOKENS,
+        temperature=1.0,
+        top_k=50,
+        top_p=0.9,
+        eos_ids=(),
+        pad_id=policy.pad_id,
+        reward="counting",
+    )
     collector = RolloutCollector(policy, iter(lambda: records, None), settings)
-    step_fn = trainer.make_train_step(config, policy, mesh, trainer.step_config(config),
-                                      config.optim, steps + 1)
+    step_fn = trainer.make_train_step(
+        config, policy, mesh, trainer.step_config(config), config.optim, steps + 1
+    )
     state, rng = step_fn.init_state(policy.params), jax.random.key(0)
     times = []
     for step in range(1, steps + 2):
         start = time.perf_counter()
-        state, metrics = trainer.grpo_step(state, step, rng, collector, step_fn, policy.params,
-                                           config)
+        state, metrics = trainer.grpo_step(
+            state, step, rng, collector, step_fn, policy.params, config
+        )
         times.append(time.perf_counter() - start)
         assert metrics["completion/length_min"] == NEW_TOKENS
     # The train step proper: reference log-probs + one update, timed alone on a fixed batch.
     rollouts = collector.collect(state.params, jax.random.key(1), num_prompts)
     placed = batch_lib.global_arrays(rollouts.batch, step_fn.batch_sharding)
     placed["completions"]["ref_logps"] = step_fn.logprobs(policy.params, placed)
-    flops = (_flops(step_fn.logprobs.lower(policy.params, placed).compile())
-             + _flops(step_fn.update.lower(state, placed).compile()))
+    flops = _flops(step_fn.logprobs.lower(policy.params, placed).compile()) + _flops(
+        step_fn.update.lower(state, placed).compile()
+    )
     update_times = []
     for _ in range(steps):
         start = time.perf_counter()
         ref = step_fn.logprobs(policy.params, placed)
-        state, metrics = step_fn.update(state, {**placed, "completions": {
-            **placed["completions"], "ref_logps": ref}})
+        state, metrics = step_fn.update(
+            state, {**placed, "completions": {**placed["completions"], "ref_logps": ref}}
+        )
         jax.block_until_ready(metrics)
         update_times.append(time.perf_counter() - start)
-    return {"step_s": float(np.mean(times[1:])), "first_step_s": times[0],
-            "update_s": float(np.mean(update_times)), "update_flops": flops}
+    return {
+        "step_s": float(np.mean(times[1:])),
+        "first_step_s": times[0],
+        "update_s": float(np.mean(update_times)),
+        "update_flops": flops,
+    }
 
 
 def time_trl(path: str, num_prompts: int, steps: int) -> dict:
@@ -131,29 +153,46 @@ def time_trl(path: str, num_prompts: int, steps: int) -> dict:
     import torch
     from datasets import Dataset
     from PIL import Image
-    from transformers import (AutoTokenizer, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, TrainerCallback)
+    from transformers import (
+        AutoTokenizer,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessorPil,
+        TrainerCallback,
+    )
     from trl import GRPOConfig, GRPOTrainer
 
     class ImageOnlyProcessor(Qwen2_5_VLProcessor):
         """HF's processor without its video processor, which needs torchvision."""
 
         def check_argument_for_proper_class(self, name, argument):
-            return None if argument is None else super().check_argument_for_proper_class(
-                name, argument)
+            return (
+                None
+                if argument is None
+                else super().check_argument_for_proper_class(name, argument)
+            )
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    processor = ImageOnlyProcessor(image_processor=Qwen2VLImageProcessorPil(max_pixels=1_000_000),
-                                   tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+    processor = ImageOnlyProcessor(
+        image_processor=Qwen2VLImageProcessorPil(max_pixels=1_000_000),
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+    )
     rng = np.random.default_rng(0)  # the images of `bench_prompts(path, n)`, in its order
     rows = []
     for i, goal in enumerate(targets(num_prompts)):
         text = f"Output all the bounding boxes of the {LABELS[i % len(LABELS)]}"
         image = Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
-        rows.append({"prompt": [{"role": "user", "content": [{"type": "image"},
-                                                             {"type": "text", "text": text}]}],
-                     "image": image, "points": goal["points"]})
+        rows.append(
+            {
+                "prompt": [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+                ],
+                "image": image,
+                "points": goal["points"],
+            }
+        )
 
     def counting(completions, points, **unused):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
@@ -172,20 +211,46 @@ def time_trl(path: str, num_prompts: int, steps: int) -> dict:
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(), use_cpu=True, bf16=False, seed=0, max_steps=steps + 1,
-        per_device_train_batch_size=GROUP * num_prompts, num_generations=GROUP,
-        max_completion_length=NEW_TOKENS, generation_kwargs={"min_new_tokens": NEW_TOKENS},
-        temperature=1.0, top_k=50, top_p=0.9, beta=0.04, loss_type="grpo",
-        learning_rate=1e-6, lr_scheduler_type="linear", weight_decay=0.0, max_grad_norm=1.0,
-        gradient_checkpointing=False, disable_dropout=True, logging_steps=1,
-        save_strategy="no", report_to="none", dataloader_num_workers=0)
+        output_dir=tempfile.mkdtemp(),
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        max_steps=steps + 1,
+        per_device_train_batch_size=GROUP * num_prompts,
+        num_generations=GROUP,
+        max_completion_length=NEW_TOKENS,
+        generation_kwargs={"min_new_tokens": NEW_TOKENS},
+        temperature=1.0,
+        top_k=50,
+        top_p=0.9,
+        beta=0.04,
+        loss_type="grpo",
+        learning_rate=1e-6,
+        lr_scheduler_type="linear",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        dataloader_num_workers=0,
+    )
     timer = Timer()
-    trl_trainer = GRPOTrainer(model=model, reward_funcs=counting, args=args,
-                              train_dataset=Dataset.from_list(rows * (steps + 1)),
-                              processing_class=processor, callbacks=[timer])
+    trl_trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=counting,
+        args=args,
+        train_dataset=Dataset.from_list(rows * (steps + 1)),
+        processing_class=processor,
+        callbacks=[timer],
+    )
     trl_trainer.train()
-    lengths = [log["completions/mean_length"] for log in trl_trainer.state.log_history
-               if "completions/mean_length" in log]
+    lengths = [
+        log["completions/mean_length"]
+        for log in trl_trainer.state.log_history
+        if "completions/mean_length" in log
+    ]
     assert min(lengths) == NEW_TOKENS, lengths
     return {"step_s": float(np.mean(timer.times[1:])), "first_step_s": timer.times[0]}
 
@@ -217,20 +282,30 @@ def main():
         ours = time_ours(path, args.prompts, args.steps)
         peak = matmul_peak()
         trl = None if args.skip_trl else time_trl(path, args.prompts, args.steps)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax {jax.__version__} on "
-          f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})")
-    print(f"step: {args.prompts} prompt(s) x G={GROUP} = {completions} completions x "
-          f"{NEW_TOKENS} tokens, beta 0.04, mu 1")
-    print(f"ours: {completions / ours['step_s']:8.2f} completions/s ({ours['step_s']:.3f} s/step;"
-          f" first step with compilation {ours['first_step_s']:.1f} s)")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax {jax.__version__} on "
+        f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})"
+    )
+    print(
+        f"step: {args.prompts} prompt(s) x G={GROUP} = {completions} completions x "
+        f"{NEW_TOKENS} tokens, beta 0.04, mu 1"
+    )
+    print(
+        f"ours: {completions / ours['step_s']:8.2f} completions/s ({ours['step_s']:.3f} s/step;"
+        f" first step with compilation {ours['first_step_s']:.1f} s)"
+    )
     if trl is not None:
-        print(f"TRL GRPOTrainer: {completions / trl['step_s']:8.2f} completions/s "
-              f"({trl['step_s']:.3f} s/step)")
+        print(
+            f"TRL GRPOTrainer: {completions / trl['step_s']:8.2f} completions/s "
+            f"({trl['step_s']:.3f} s/step)"
+        )
         print(f"ratio: {trl['step_s'] / ours['step_s']:.1f}x TRL's completions/s")
     achieved = ours["update_flops"] / ours["update_s"]
-    print(f"train step (ref log-probs + update): {ours['update_flops'] / 1e9:.2f} GFLOP in "
-          f"{ours['update_s'] * 1e3:.1f} ms = {achieved / 1e9:.1f} GFLOP/s; fp32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.1%}")
+    print(
+        f"train step (ref log-probs + update): {ours['update_flops'] / 1e9:.2f} GFLOP in "
+        f"{ours['update_s'] * 1e3:.1f} ms = {achieved / 1e9:.1f} GFLOP/s; fp32 matmul peak "
+        f"{peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ advantages, and with them the whole policy-gradient path, are non-zero from the 
 a random policy never passes the counting format gate. Two processes, as on a pod:
 `CONFIG=configs/smoke.py bash experiments/local_two_process.sh`.
 """
+
 import os
 import sys
 
@@ -21,7 +22,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # config files are loaded by path; `configs` lives at the root
     sys.path.insert(0, _ROOT)
 
-from configs import common  # noqa: E402
+from configs import common
 
 
 def get_config():
@@ -29,7 +30,7 @@ def get_config():
     c.task = "ocr"
     c.model = "qwen2p5_vl_tiny"
     c.data.num_examples = 8
-    c.data.synthetic = dict(min_size=112, max_size=112, max_text_lines=1)  # one image shape
+    c.data.synthetic = {"min_size": 112, "max_size": 112, "max_text_lines": 1}  # one shape
     c.data.buckets = (16,)
     c.rl.prompts_per_step = 4
     c.rl.num_generations = 4

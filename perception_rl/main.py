@@ -15,6 +15,7 @@ command and share the workdir.
 A config that cannot run (unknown key, value of the wrong type, a mesh that does not divide the
 devices, an unknown task, ...) exits with status 2 after one line on stderr.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,11 +26,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 MODES = ("train", "sft", "eval", "recipe")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Run config file (configs/*.py).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, exports).")
-_MODE = flags.DEFINE_enum("mode", "train", MODES, "train (GRPO), sft, eval or recipe (SFT, GRPO, "
-                          "evals, report); default: config.mode, else train.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    MODES,
+    "train (GRPO), sft, eval or recipe (SFT, GRPO, "
+    "evals, report); default: config.mode, else train.",
+)
 EXIT_CONFIG_ERROR = 2
 
 
@@ -44,7 +51,7 @@ def _override_key(argv: list[str], missing: str) -> str:
     for arg in argv:
         name = arg.split("=", 1)[0]
         if name.startswith("--config.") and missing in name.split("."):
-            return name[len("--config."):]
+            return name[len("--config.") :]
     return missing
 
 
@@ -74,11 +81,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 def initialize_distributed() -> None:
     """`jax.distributed.initialize` when the environment describes a multi-process job."""
     import jax
+
     if address := os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize(address, int(os.environ["JAX_NUM_PROCESSES"]),
-                                   int(os.environ["JAX_PROCESS_ID"]))
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("MEGASCALE_NUM_SLICES") \
-            or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize(
+            address, int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+        )
+    elif (
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or os.environ.get("MEGASCALE_NUM_SLICES")
+        or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    ):
         jax.distributed.initialize()  # SLURM / TPU pod: everything comes from the cluster
 
 
@@ -86,14 +98,18 @@ def run(mode: str, config, workdir: str):
     """Runs one mode; returns the mode's summary."""
     if mode == "train":
         from perception_rl.rl import trainer
+
         return trainer.train(config, workdir)
     if mode == "recipe":
         from perception_rl.rl import recipe
+
         return recipe.run(config, workdir)
     if mode == "sft":
         from perception_rl.rl import sft
+
         return sft.train(config, workdir)
     from perception_rl.eval import runner
+
     return runner.evaluate(config, workdir)
 
 
@@ -110,6 +126,7 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
         logging.set_verbosity(logging.WARNING)
     from perception_rl.rl.runtime import ConfigError
+
     initialize_distributed()
     try:
         mode = _MODE.value if flags.FLAGS["mode"].present else config.get("mode", _MODE.value)
@@ -117,8 +134,10 @@ def main(argv: list[str]) -> None:
     except ConfigError as e:
         config_error(str(e))
     if isinstance(summary, dict) and summary.get("stopped"):
-        print(f"perception_rl.main: stopped by SIGTERM after step {summary['step']} "
-              "(checkpointed)", file=sys.stderr)
+        print(
+            f"perception_rl.main: stopped by SIGTERM after step {summary['step']} (checkpointed)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Host-side batches of the trainer: per-prompt padding, the sampler layout, re-padding, and the
 assembly of a dynamic-sampling batch from several draws."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -28,8 +29,9 @@ def examples():
 
 
 def records(processor, examples, with_answer=False):
-    formatter = batch_lib.PromptFormatter(get_task("counting"), processor, "qwen2_5_vl", VISION,
-                                          with_answer=with_answer)
+    formatter = batch_lib.PromptFormatter(
+        get_task("counting"), processor, "qwen2_5_vl", VISION, with_answer=with_answer
+    )
     return [formatter(e) for e in examples]
 
 
@@ -37,16 +39,19 @@ def test_sampler_inputs_equal_the_processor_batch(processor, examples):
     recs = records(processor, examples)
     prompts = batch_lib.pad_prompts([r["prompt"] for r in recs], pad_id=processor.pad_token_id)
     task = get_task("counting")
-    direct = processor([task.conversation(e, "qwen2_5_vl") for e in examples],
-                       [[Image.fromarray(e["image"])] for e in examples])
+    direct = processor(
+        [task.conversation(e, "qwen2_5_vl") for e in examples],
+        [[Image.fromarray(e["image"])] for e in examples],
+    )
     ours = batch_lib.sampler_inputs(prompts)
     assert len({len(r["prompt"]["pixel_values"]) for r in recs}) > 1  # ragged patches
     length = direct["input_ids"].shape[1]
     np.testing.assert_array_equal(ours["input_ids"][:, -length:], direct["input_ids"])
     np.testing.assert_array_equal(ours["attention_mask"][:, -length:], direct["attention_mask"])
     real = direct["attention_mask"][None].astype(bool).repeat(3, 0)
-    np.testing.assert_array_equal(ours["position_ids"][:, :, -length:][real],
-                                  direct["position_ids"][real])
+    np.testing.assert_array_equal(
+        ours["position_ids"][:, :, -length:][real], direct["position_ids"][real]
+    )
     np.testing.assert_array_equal(ours["pixel_values"], direct["pixel_values"])
     np.testing.assert_array_equal(ours["image_grid_thw"], direct["image_grid_thw"])
     assert prompts["input_ids"].shape[1] & (prompts["input_ids"].shape[1] - 1) == 0  # 2^k
@@ -70,9 +75,11 @@ def test_sft_answers_end_with_eos_and_score_full_reward(processor, examples):
     lengths = mask.sum(1).astype(int)
     assert (tokens[np.arange(len(recs)), lengths - 1] == TINY_TOKEN_IDS["eos_token_id"]).all()
     assert (tokens * (1 - mask) == 0).all()
-    texts = processor.tokenizer.batch_decode([t[:n].tolist() for t, n in zip(tokens, lengths)],
-                                             skip_special_tokens=False)
+    texts = processor.tokenizer.batch_decode(
+        [t[:n].tolist() for t, n in zip(tokens, lengths)], skip_special_tokens=False
+    )
     from perception_rl import rewards
+
     scores = rewards.score("counting", texts, [r["target"] for r in recs], group_size=1)
     np.testing.assert_allclose(scores, 1.0, atol=1e-6)
 
@@ -84,12 +91,14 @@ class _Policy:
 def _draw(seed, num_prompts, length, patches, group=2, steps=4):
     """A fake draw: prompts padded to (length, patches), rewards chosen per group."""
     rng = np.random.default_rng(seed)
-    prompts = {"input_ids": rng.integers(14, 999, (num_prompts, length)),
-               "attention_mask": np.ones((num_prompts, length), np.int32),
-               "position_ids": rng.integers(0, 50, (num_prompts, 3, length)),
-               "pixel_values": rng.normal(size=(num_prompts, patches, 6)).astype(np.float32),
-               "image_grid_thw": np.tile([[1, 2, 2]], (num_prompts, 1, 1)),
-               **{k: np.zeros((num_prompts, patches), np.int32) for k in batch_lib.LAYOUT_KEYS}}
+    prompts = {
+        "input_ids": rng.integers(14, 999, (num_prompts, length)),
+        "attention_mask": np.ones((num_prompts, length), np.int32),
+        "position_ids": rng.integers(0, 50, (num_prompts, 3, length)),
+        "pixel_values": rng.normal(size=(num_prompts, patches, 6)).astype(np.float32),
+        "image_grid_thw": np.tile([[1, 2, 2]], (num_prompts, 1, 1)),
+        **{k: np.zeros((num_prompts, patches), np.int32) for k in batch_lib.LAYOUT_KEYS},
+    }
     tokens = rng.integers(14, 999, (num_prompts * group, steps))
     lengths = rng.integers(1, steps + 1, num_prompts * group)
     return prompts, tokens, lengths
@@ -100,10 +109,13 @@ def test_dynamic_sampling_batch_takes_the_picked_groups_of_every_draw():
     p0, t0, l0 = _draw(0, 2, 16, 8)
     p1, t1, l1 = _draw(1, 2, 32, 16)
     # Draw 0: group 0 constant (no signal), group 1 informative; draw 1: both informative.
-    draws = [Draw(p0, t0, l0, {"total": np.asarray([1., 1., 0., 1.], np.float32)}),
-             Draw(p1, t1, l1, {"total": np.asarray([0., 2., 3., 1.], np.float32)})]
-    collector = RolloutCollector(_Policy(), iter(()), RolloutConfig(group_size=group,
-                                                                    max_new_tokens=4))
+    draws = [
+        Draw(p0, t0, l0, {"total": np.asarray([1.0, 1.0, 0.0, 1.0], np.float32)}),
+        Draw(p1, t1, l1, {"total": np.asarray([0.0, 2.0, 3.0, 1.0], np.float32)}),
+    ]
+    collector = RolloutCollector(
+        _Policy(), iter(()), RolloutConfig(group_size=group, max_new_tokens=4)
+    )
     picks = np.asarray([[0, 1], [1, 0]])
     batch, rewards = collector._assemble(draws, picks)
     prompts, completions = batch["prompts"], batch["completions"]
@@ -113,6 +125,7 @@ def test_dynamic_sampling_batch_takes_the_picked_groups_of_every_draw():
     np.testing.assert_array_equal(prompts["pixel_values"][1], p1["pixel_values"][0])
     np.testing.assert_array_equal(completions["tokens"], np.concatenate([t0[2:4], t1[0:2]]))
     np.testing.assert_array_equal(completions["mask"].sum(1), np.concatenate([l0[2:4], l1[:2]]))
-    np.testing.assert_array_equal(rewards["total"], [0., 1., 0., 2.])
-    np.testing.assert_allclose(completions["advantages"],
-                               grpo.advantages(rewards["total"], group), rtol=1e-6)
+    np.testing.assert_array_equal(rewards["total"], [0.0, 1.0, 0.0, 2.0])
+    np.testing.assert_allclose(
+        completions["advantages"], grpo.advantages(rewards["total"], group), rtol=1e-6
+    )

@@ -1,5 +1,6 @@
 """Two local JAX processes (jax.distributed on 127.0.0.1, gloo collectives) train exactly like one
 process holding the same global batch: same rollouts, rewards and losses."""
+
 import os
 import pathlib
 import socket
@@ -13,8 +14,7 @@ from perception_rl.rl.metric_writer import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # data 2 x fsdp 2: the batch and the parameters are both split across the two processes.
-ARGS = ["--config=configs/smoke.py", "--config.train.num_steps=2",
-        "--config.mesh_shape=(2,2,1)"]
+ARGS = ["--config=configs/smoke.py", "--config.train.num_steps=2", "--config.mesh_shape=(2,2,1)"]
 
 pytestmark = pytest.mark.slow
 
@@ -26,17 +26,35 @@ def free_port() -> int:
 
 
 def launch(workdir, devices: int, **env) -> subprocess.Popen:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", **env)
-    return subprocess.Popen([sys.executable, "-m", "perception_rl.main", *ARGS,
-                             f"--workdir={workdir}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+        **env,
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "perception_rl.main", *ARGS, f"--workdir={workdir}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_processes_give_the_losses_of_one(tmp_path):
     port = free_port()
-    two = [launch(tmp_path / "two", 2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)) for i in range(2)]
+    two = [
+        launch(
+            tmp_path / "two",
+            2,
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(i),
+        )
+        for i in range(2)
+    ]
     one = launch(tmp_path / "one", 4)
     for process in (*two, one):
         _, err = process.communicate(timeout=400)
@@ -51,6 +69,8 @@ def test_two_processes_give_the_losses_of_one(tmp_path):
         for name in ("loss", "kl", "grad_norm", "entropy", "advantage/abs_mean"):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-7, err_msg=name)
     data = tmp_path / "two" / "checkpoints" / "2" / "data"
-    assert {p.name for p in data.glob("process_*.json")} == {"process_0-of-2.json",
-                                                             "process_1-of-2.json"}
+    assert {p.name for p in data.glob("process_*.json")} == {
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    }
     assert (tmp_path / "two" / "policy" / "model.safetensors").exists()

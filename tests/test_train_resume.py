@@ -1,5 +1,6 @@
 """Kill-and-resume through the CLI: SIGKILL mid-run then restart reproduces the uninterrupted
 run's metrics exactly; SIGTERM checkpoints the current step and exits cleanly."""
+
 import os
 import pathlib
 import signal
@@ -13,8 +14,11 @@ from perception_rl.rl.metric_writer import PERF_PREFIX, read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 8
-ARGS = ["--config=configs/smoke.py", f"--config.train.num_steps={STEPS}",
-        "--config.train.checkpoint_every=1"]
+ARGS = [
+    "--config=configs/smoke.py",
+    f"--config.train.num_steps={STEPS}",
+    "--config.train.checkpoint_every=1",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +27,25 @@ pytestmark = pytest.mark.slow
 def env(tmp_path_factory):
     """One CPU device; a persistent compilation cache shared by the runs of this session."""
     cache = tmp_path_factory.getbasetemp() / "jax_cache"
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-                JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
 
 def launch(workdir, env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "perception_rl.main", *ARGS,
-                             f"--workdir={workdir}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "perception_rl.main", *ARGS, f"--workdir={workdir}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -55,8 +68,10 @@ def wait_for_steps(workdir, steps: int, process: subprocess.Popen) -> None:
 
 def deterministic(workdir) -> list[dict]:
     """Metrics without wall-clock figures: a pure function of config and seed."""
-    return [{k: v for k, v in r.items() if not k.startswith(PERF_PREFIX)}
-            for r in read_metrics(workdir / "metrics.jsonl")]
+    return [
+        {k: v for k, v in r.items() if not k.startswith(PERF_PREFIX)}
+        for r in read_metrics(workdir / "metrics.jsonl")
+    ]
 
 
 def checkpoint_steps(workdir) -> list[int]:

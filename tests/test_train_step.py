@@ -1,5 +1,6 @@
 """The sharded train step: mesh-invariance, micro-batch accumulation, non-finite skips, and the
 log-probs and loss it optimises."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,15 +15,20 @@ from perception_rl.parallel import make_mesh
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
-from perception_rl.rl.train_step import (StepConfig, TrainStep, learning_rate_schedule,
-                                         loss_terms, make_optimizer)
+from perception_rl.rl.train_step import (
+    StepConfig,
+    TrainStep,
+    learning_rate_schedule,
+    loss_terms,
+    make_optimizer,
+)
 from perception_rl.sampling import generate
 
 PROMPTS, GROUP, LENGTH, EOS = 4, 2, 16, TINY_TOKEN_IDS["eos_token_id"]
 # token_mean (DAPO): micro-batches hold different numbers of tokens, so averaging their losses
 # instead of summing terms would be visibly biased.
-LOSS = dict(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_agg="token_mean")
-GRPO = dict(group_size=GROUP, logprob_chunk=8, **LOSS)
+LOSS = {"beta": 0.04, "epsilon_low": 0.2, "epsilon_high": 0.28, "loss_agg": "token_mean"}
+GRPO = {"group_size": GROUP, "logprob_chunk": 8, **LOSS}
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +59,20 @@ def make_step(policy, devices: int, micro_batches: int, optimizer=None) -> Train
     """Train steps are cached per (devices, micro-batches) so tests share compilations."""
     key = (devices, micro_batches, optimizer is None)
     if key not in _STEPS:
-        mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1]) if devices == 1 else \
-            make_mesh((2, 2, 2))
+        mesh = (
+            make_mesh((1, 1, 1), devices=jax.devices()[:1])
+            if devices == 1
+            else make_mesh((2, 2, 2))
+        )
         schedule = optax.constant_schedule(0.1)
-        _STEPS[key] = TrainStep(policy[0], policy[1], StepConfig(**GRPO,
-                                                                 num_micro_batches=micro_batches),
-                                optimizer or optax.sgd(schedule), schedule, mesh)
+        _STEPS[key] = TrainStep(
+            policy[0],
+            policy[1],
+            StepConfig(**GRPO, num_micro_batches=micro_batches),
+            optimizer or optax.sgd(schedule),
+            schedule,
+            mesh,
+        )
     return _STEPS[key]
 
 
@@ -70,12 +84,14 @@ def batch(policy, prompts):
     tokens = rng.integers(14, 1000, (rows, LENGTH)).astype(np.int32)
     lengths = rng.integers(1, LENGTH + 1, rows)
     tokens[np.arange(rows), lengths - 1] = EOS
-    completions = {"tokens": tokens, "mask": batch_lib.length_mask(lengths, LENGTH),
-                   "advantages": rng.normal(size=rows).astype(np.float32)}
+    completions = {
+        "tokens": tokens,
+        "mask": batch_lib.length_mask(lengths, LENGTH),
+        "advantages": rng.normal(size=rows).astype(np.float32),
+    }
     out = {"prompts": prompts, "completions": completions}
     step = make_step(policy, 1, 1)
-    logps = np.asarray(step.logprobs(policy[1], batch_lib.global_arrays(out,
-                                                                         step.batch_sharding)))
+    logps = np.asarray(step.logprobs(policy[1], batch_lib.global_arrays(out, step.batch_sharding)))
     completions["old_logps"] = logps + rng.normal(scale=0.3, size=logps.shape).astype(np.float32)
     completions["ref_logps"] = logps + rng.normal(scale=0.1, size=logps.shape).astype(np.float32)
     return out
@@ -102,8 +118,9 @@ def assert_same_run(a, b, atol=1e-5):
         assert ma.keys() == mb.keys()
         for name in ma:
             np.testing.assert_allclose(mb[name], ma[name], rtol=1e-5, atol=1e-6, err_msg=name)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, atol=atol), state_a.params,
-                 state_b.params)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(y, x, atol=atol), state_a.params, state_b.params
+    )
 
 
 def test_eight_device_mesh_equals_one_device(policy, batch, reference_run):
@@ -124,8 +141,14 @@ def test_update_descends_the_grpo_loss_of_its_own_log_probs(policy, batch, refer
     c = batch["completions"]
 
     def loss_fn(params):
-        return grpo.policy_loss(step.logprobs(params, placed), c["old_logps"], c["ref_logps"],
-                                c["advantages"], c["mask"], **LOSS)
+        return grpo.policy_loss(
+            step.logprobs(params, placed),
+            c["old_logps"],
+            c["ref_logps"],
+            c["advantages"],
+            c["mask"],
+            **LOSS,
+        )
 
     (loss, metrics), grad = jax.value_and_grad(loss_fn, has_aux=True)(policy[1])
     first = reference_run[1][0]
@@ -135,17 +158,25 @@ def test_update_descends_the_grpo_loss_of_its_own_log_probs(policy, batch, refer
     assert 0 < first["clip_frac"] < 1  # the clip is active on part of the tokens
     # SGD with lr 0.1: one update moves the parameters by exactly -0.1 * that gradient.
     after_one, _ = run_updates(step, policy[1], batch, n=1)
-    jax.tree.map(lambda p0, p1, g: np.testing.assert_allclose(p1, p0 - 0.1 * g, atol=1e-6),
-                 policy[1], after_one.params, grad)
+    jax.tree.map(
+        lambda p0, p1, g: np.testing.assert_allclose(p1, p0 - 0.1 * g, atol=1e-6),
+        policy[1],
+        after_one.params,
+        grad,
+    )
 
 
 def test_non_finite_loss_skips_the_update(policy, batch):
     step = make_step(policy, 1, 1)
     state = step.init_state(policy[1])
     before = jax.device_get(state)
-    bad = {"prompts": batch["prompts"],
-           "completions": {**batch["completions"],
-                           "advantages": np.full(PROMPTS * GROUP, np.nan, np.float32)}}
+    bad = {
+        "prompts": batch["prompts"],
+        "completions": {
+            **batch["completions"],
+            "advantages": np.full(PROMPTS * GROUP, np.nan, np.float32),
+        },
+    }
     state, metrics = step.update(state, batch_lib.global_arrays(bad, step.batch_sharding))
     after = jax.device_get(state)
     assert int(metrics["skipped"]) == 1 and not np.isfinite(metrics["loss"])
@@ -158,15 +189,28 @@ def test_non_finite_loss_skips_the_update(policy, batch):
 def test_log_probs_equal_the_samplers(policy, prompts):
     """Same prefix, positions and image slots as the KV-cache decoder that drew the tokens."""
     graphdef, params = policy
-    out = generate(nnx.merge(graphdef, params), batch_lib.sampler_inputs(prompts),
-                   max_new_tokens=LENGTH, key=jax.random.key(3), num_samples=GROUP,
-                   temperature=1.0, top_k=0, top_p=1.0, eos_ids=(EOS,), pad_id=0)
+    out = generate(
+        nnx.merge(graphdef, params),
+        batch_lib.sampler_inputs(prompts),
+        max_new_tokens=LENGTH,
+        key=jax.random.key(3),
+        num_samples=GROUP,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        eos_ids=(EOS,),
+        pad_id=0,
+    )
     mask = batch_lib.length_mask(out.lengths, LENGTH)
     step = make_step(policy, 1, 1)
-    completions = {"tokens": out.tokens, "mask": mask,
-                   "advantages": np.zeros(len(mask), np.float32)}
-    batch = batch_lib.global_arrays({"prompts": prompts, "completions": completions},
-                                    step.batch_sharding)
+    completions = {
+        "tokens": out.tokens,
+        "mask": mask,
+        "advantages": np.zeros(len(mask), np.float32),
+    }
+    batch = batch_lib.global_arrays(
+        {"prompts": prompts, "completions": completions}, step.batch_sharding
+    )
     ours = np.asarray(step.logprobs(params, batch))
     np.testing.assert_allclose(ours * mask, out.logprobs * mask, atol=1e-4)
 
@@ -175,19 +219,23 @@ def test_sft_loss_is_the_token_mean_cross_entropy():
     rng = np.random.default_rng(1)
     logps = jnp.asarray(-rng.exponential(size=(3, 5)), jnp.float32)
     mask = jnp.asarray([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], jnp.float32)
-    terms = loss_terms(StepConfig(loss="sft", group_size=1), logps, jnp.zeros_like(logps),
-                       {"mask": mask})
+    terms = loss_terms(
+        StepConfig(loss="sft", group_size=1), logps, jnp.zeros_like(logps), {"mask": mask}
+    )
     np.testing.assert_allclose(terms.loss, -(logps * mask).sum() / 8, rtol=1e-6)
-    halves = [loss_terms(StepConfig(loss="sft", group_size=1), logps[s], logps[s] * 0,
-                         {"mask": mask[s]}) for s in (slice(0, 1), slice(1, 3))]
+    halves = [
+        loss_terms(StepConfig(loss="sft", group_size=1), logps[s], logps[s] * 0, {"mask": mask[s]})
+        for s in (slice(0, 1), slice(1, 3))
+    ]
     merged = jax.tree.map(jnp.add, *halves)
     np.testing.assert_allclose(merged.loss, terms.loss, rtol=1e-6)
 
 
 def test_schedule_and_clipped_adamw():
     schedule = learning_rate_schedule(1e-3, 10, warmup_steps=2, end_learning_rate=1e-4)
-    np.testing.assert_allclose([schedule(i) for i in (0, 1, 2, 6, 10)],
-                               [0, 5e-4, 1e-3, 1e-3 - 0.5 * 9e-4, 1e-4], rtol=1e-6)
+    np.testing.assert_allclose(
+        [schedule(i) for i in (0, 1, 2, 6, 10)], [0, 5e-4, 1e-3, 1e-3 - 0.5 * 9e-4, 1e-4], rtol=1e-6
+    )
     optimizer = make_optimizer(optax.constant_schedule(0.1), grad_clip=1.0, weight_decay=0.0)
     params = {"w": jnp.ones(4)}
     grads = {"w": jnp.full(4, 10.0)}  # norm 20, clipped to 1: each entry 0.05

@@ -17,6 +17,7 @@ lets the vision tower run per prompt (`jax.vmap`) instead of attending over ever
 batch at once. `sampler_inputs` turns the same arrays back into the processor layout that
 `perception_rl.sampling.generate` reads.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,8 @@ from perception_rl.sampling.sampler import bucket
 Record = dict[str, Any]
 LAYOUT_KEYS = ("patch_rows", "patch_cols", "frame_segments", "window_segments")
 _LAYOUT_FIELDS = ("rows", "cols", "frame_segments", "window_segments")  # `VisionLayout` names
-MIN_PROMPT_LENGTH = 16   # The sampler's own minimum bucket, so it adds no padding of its own.
-MIN_PATCHES = 64         # One 112×112 image.
+MIN_PROMPT_LENGTH = 16  # The sampler's own minimum bucket, so it adds no padding of its own.
+MIN_PATCHES = 64  # One 112×112 image.
 MIN_ANSWER_LENGTH = 16
 
 
@@ -63,8 +64,9 @@ class PromptFormatter:
     def __call__(self, example: dict) -> Record:
         image = np.asarray(example["image"])
         height, width = image.shape[:2]
-        geometry = ImageGeometry((height, width),
-                                 self.processor.image_processor.resized_size(height, width))
+        geometry = ImageGeometry(
+            (height, width), self.processor.image_processor.resized_size(height, width)
+        )
         conversation = self.task.conversation(example, self.family)
         out = self.processor([conversation], [[Image.fromarray(image)]])
         grid = out.get("image_grid_thw", np.zeros((0, 3), np.int32))
@@ -72,13 +74,18 @@ class PromptFormatter:
         prompt = {
             "input_ids": out["input_ids"][0].astype(np.int32),
             "position_ids": out["position_ids"][:, 0].astype(np.int32),
-            "pixel_values": out.get("pixel_values", np.zeros((0, self.vision.patch_dim),
-                                                             np.float32)),
+            "pixel_values": out.get(
+                "pixel_values", np.zeros((0, self.vision.patch_dim), np.float32)
+            ),
             "image_grid_thw": grid.astype(np.int32),
             **{key: layout[name] for key, name in zip(LAYOUT_KEYS, _LAYOUT_FIELDS)},
         }
-        record = {"prompt": prompt, "target": self.task.target(example, geometry, self.family),
-                  "geometry": geometry, "image_id": example.get("image_id", -1)}
+        record = {
+            "prompt": prompt,
+            "target": self.task.target(example, geometry, self.family),
+            "geometry": geometry,
+            "image_id": example.get("image_id", -1),
+        }
         if self.with_answer:
             text = self.task.answer(example, geometry, self.family)
             ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -107,9 +114,14 @@ def prompt_sizes(prompts: Sequence[dict]) -> np.ndarray:
     length = max(len(p["input_ids"]) for p in prompts)
     patches = max(len(p["pixel_values"]) for p in prompts)
     images = max(len(p["image_grid_thw"]) for p in prompts)
-    return np.asarray([bucket(length, MIN_PROMPT_LENGTH),
-                       bucket(patches, MIN_PATCHES) if patches else 0,
-                       bucket(images, 1) if images else 0], np.int64)
+    return np.asarray(
+        [
+            bucket(length, MIN_PROMPT_LENGTH),
+            bucket(patches, MIN_PATCHES) if patches else 0,
+            bucket(images, 1) if images else 0,
+        ],
+        np.int64,
+    )
 
 
 def _pad_to(x: np.ndarray, size: int, axis: int, *, left: bool, value=0) -> np.ndarray:
@@ -118,8 +130,9 @@ def _pad_to(x: np.ndarray, size: int, axis: int, *, left: bool, value=0) -> np.n
     return np.pad(x, width, constant_values=value)
 
 
-def pad_prompts(prompts: Sequence[dict], *, pad_id: int,
-                sizes: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+def pad_prompts(
+    prompts: Sequence[dict], *, pad_id: int, sizes: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
     """Stacks unpadded prompts into the batch-major arrays of the module docstring.
 
     Args:
@@ -131,24 +144,23 @@ def pad_prompts(prompts: Sequence[dict], *, pad_id: int,
     Returns:
         The padded arrays; the patch arrays are absent when no prompt has an image.
     """
-    length, patches, images = (int(s) for s in (prompt_sizes(prompts) if sizes is None
-                                                 else sizes))
+    length, patches, images = (int(s) for s in (prompt_sizes(prompts) if sizes is None else sizes))
     stack = lambda key, size, axis, **kw: np.stack(
-        [_pad_to(p[key], size, axis, **kw) for p in prompts])
+        [_pad_to(p[key], size, axis, **kw) for p in prompts]
+    )
     out = {
         "input_ids": stack("input_ids", length, 0, left=True, value=pad_id),
-        "attention_mask": np.stack([_pad_to(np.ones(len(p["input_ids"]), np.int32), length, 0,
-                                            left=True) for p in prompts]),
+        "attention_mask": np.stack(
+            [_pad_to(np.ones(len(p["input_ids"]), np.int32), length, 0, left=True) for p in prompts]
+        ),
         # Pads get position 1, as HF's get_rope_index gives them; they are masked anyway.
         "position_ids": stack("position_ids", length, 1, left=True, value=1),
     }
     if patches:
         out["pixel_values"] = stack("pixel_values", patches, 0, left=False).astype(np.float32)
         out["image_grid_thw"] = stack("image_grid_thw", images, 0, left=False)
-        out["frame_segments"] = stack("frame_segments", patches, 0, left=False,
-                                      value=PAD_SEGMENT)
-        out["window_segments"] = stack("window_segments", patches, 0, left=False,
-                                       value=PAD_SEGMENT)
+        out["frame_segments"] = stack("frame_segments", patches, 0, left=False, value=PAD_SEGMENT)
+        out["window_segments"] = stack("window_segments", patches, 0, left=False, value=PAD_SEGMENT)
         out["patch_rows"] = stack("patch_rows", patches, 0, left=False)
         out["patch_cols"] = stack("patch_cols", patches, 0, left=False)
     return out
@@ -158,21 +170,30 @@ def padded_sizes(prompts: dict[str, np.ndarray]) -> np.ndarray:
     """(length, patches, images) of already padded prompt arrays."""
     if "pixel_values" not in prompts:
         return np.asarray([prompts["input_ids"].shape[1], 0, 0], np.int64)
-    return np.asarray([prompts["input_ids"].shape[1], prompts["pixel_values"].shape[1],
-                       prompts["image_grid_thw"].shape[1]], np.int64)
+    return np.asarray(
+        [
+            prompts["input_ids"].shape[1],
+            prompts["pixel_values"].shape[1],
+            prompts["image_grid_thw"].shape[1],
+        ],
+        np.int64,
+    )
 
 
-def repad_prompts(prompts: dict[str, np.ndarray], sizes: Sequence[int], *,
-                  pad_id: int) -> dict[str, np.ndarray]:
+def repad_prompts(
+    prompts: dict[str, np.ndarray], sizes: Sequence[int], *, pad_id: int
+) -> dict[str, np.ndarray]:
     """Pads padded prompt arrays further, to (length, patches, images) = `sizes`.
 
     Token arrays grow on the left, patch arrays on the right, so the padded batch equals one
     padded to `sizes` from the start; batches of different buckets can then be concatenated.
     """
     length, patches, images = (int(s) for s in sizes)
-    out = {"input_ids": _pad_to(prompts["input_ids"], length, 1, left=True, value=pad_id),
-           "attention_mask": _pad_to(prompts["attention_mask"], length, 1, left=True),
-           "position_ids": _pad_to(prompts["position_ids"], length, 2, left=True, value=1)}
+    out = {
+        "input_ids": _pad_to(prompts["input_ids"], length, 1, left=True, value=pad_id),
+        "attention_mask": _pad_to(prompts["attention_mask"], length, 1, left=True),
+        "position_ids": _pad_to(prompts["position_ids"], length, 2, left=True, value=1),
+    }
     if patches:
         if "pixel_values" not in prompts:
             raise ValueError("cannot mix prompts with and without images in one batch.")
@@ -184,8 +205,9 @@ def repad_prompts(prompts: dict[str, np.ndarray], sizes: Sequence[int], *,
     return out
 
 
-def pad_answers(records: Sequence[Record], length: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def pad_answers(
+    records: Sequence[Record], length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """SFT targets: answer ids right-padded to `length` (default: bucketed), and their mask."""
     answers = [r["answer_ids"] for r in records]
     if length is None:
@@ -202,8 +224,11 @@ def length_mask(lengths: np.ndarray, width: int) -> np.ndarray:
 
 def sampler_inputs(prompts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The processor layout of padded prompts: positions [3, B, P], patches concatenated."""
-    out = {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"],
-           "position_ids": np.ascontiguousarray(prompts["position_ids"].transpose(1, 0, 2))}
+    out = {
+        "input_ids": prompts["input_ids"],
+        "attention_mask": prompts["attention_mask"],
+        "position_ids": np.ascontiguousarray(prompts["position_ids"].transpose(1, 0, 2)),
+    }
     if "pixel_values" in prompts:
         real = prompts["frame_segments"] != PAD_SEGMENT
         grids = prompts["image_grid_thw"].reshape(-1, 3)
@@ -245,6 +270,7 @@ def host_max(values: np.ndarray) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(values)
     from jax.experimental import multihost_utils
+
     return np.asarray(multihost_utils.process_allgather(np.asarray(values))).max(axis=0)
 
 
@@ -254,7 +280,9 @@ def global_arrays(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     Every host must hold the same global batch (see `gather_hosts`); only the shards of its
     own devices are copied to them.
     """
+
     def place(x):
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
     return jax.tree.map(place, tree)

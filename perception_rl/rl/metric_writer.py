@@ -6,6 +6,7 @@ Wall-clock figures live under the `perf/` prefix; everything else is a pure func
 config and the seed. When a run resumes from checkpoint k, lines after step k (written before
 the run was killed) are dropped first, so the file reads as one uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,8 @@ def read_metrics(path: str) -> list[dict]:
 def _truncate_after(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
-    kept = [line for line in open(path) if line.strip() and json.loads(line)["step"] <= step]
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
     with open(path, "w") as f:
         f.writelines(kept)
 
@@ -39,8 +41,15 @@ class MetricWriter:
         path: the metrics JSONL file.
     """
 
-    def __init__(self, workdir: str, *, total_steps: int, start_step: int = 0,
-                 description: str = "train", postfix: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        total_steps: int,
+        start_step: int = 0,
+        description: str = "train",
+        postfix: tuple[str, ...] = (),
+    ):
         """Opens (and, after a resume, truncates) the outputs under `workdir`.
 
         Args:
@@ -59,9 +68,15 @@ class MetricWriter:
         _truncate_after(self.path, start_step)
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
+
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self._bar = tqdm(total=total_steps, initial=start_step, desc=description,
-                         dynamic_ncols=True, mininterval=1.0)
+        self._bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc=description,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         """Appends one step's scalars everywhere."""

@@ -10,6 +10,7 @@ gathered back. With dynamic sampling (DAPO), groups whose G rewards are all equa
 and fresh prompts are drawn, up to `max_resample` times (`grpo.DynamicSampler`); the decision
 is taken from the gathered rewards, so every host takes the same one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -102,9 +103,9 @@ class RolloutCollector:
 
     def __init__(self, policy, records: Iterator[list[dict]], config: RolloutConfig):
         """Args:
-            policy: a `runtime.Policy` (graph, processor, pad id).
-            records: this host's iterator of prompt-record batches.
-            config: rollout settings.
+        policy: a `runtime.Policy` (graph, processor, pad id).
+        records: this host's iterator of prompt-record batches.
+        config: rollout settings.
         """
         self.policy, self.records, self.config = policy, records, config
 
@@ -113,7 +114,8 @@ class RolloutCollector:
         """Completion texts up to and including their EOS."""
         rows = [row[:n].tolist() for row, n in zip(tokens, lengths)]
         return self.policy.processor.tokenizer.batch_decode(
-            rows, skip_special_tokens=self.config.skip_special_tokens)
+            rows, skip_special_tokens=self.config.skip_special_tokens
+        )
 
     def draw(self, params: Any, key: jax.Array) -> Draw:
         """Samples and scores G completions for each prompt of the next global batch."""
@@ -122,16 +124,29 @@ class RolloutCollector:
         local = [record["prompt"] for record in records]
         sizes = batch_lib.host_max(batch_lib.prompt_sizes(local))
         prompts = batch_lib.gather_hosts(
-            batch_lib.pad_prompts(local, pad_id=self.policy.pad_id, sizes=sizes))
-        out = generate(self.policy.model(params), batch_lib.sampler_inputs(prompts),
-                       max_new_tokens=cfg.max_new_tokens, key=key, num_samples=group,
-                       temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                       eos_ids=cfg.eos_ids, pad_id=cfg.pad_id)
+            batch_lib.pad_prompts(local, pad_id=self.policy.pad_id, sizes=sizes)
+        )
+        out = generate(
+            self.policy.model(params),
+            batch_lib.sampler_inputs(prompts),
+            max_new_tokens=cfg.max_new_tokens,
+            key=key,
+            num_samples=group,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            eos_ids=cfg.eos_ids,
+            pad_id=cfg.pad_id,
+        )
         mine = batch_lib.host_rows(len(records), group)  # this host's prompts' completions
         texts = self.decode(out.tokens[mine], out.lengths[mine])
-        scores = rewards_lib.score_components(cfg.reward, texts,
-                                              [record["target"] for record in records],
-                                              group_size=group, **cfg.reward_options)
+        scores = rewards_lib.score_components(
+            cfg.reward,
+            texts,
+            [record["target"] for record in records],
+            group_size=group,
+            **cfg.reward_options,
+        )
         return Draw(prompts, out.tokens, out.lengths, batch_lib.gather_hosts(scores, group))
 
     def advantage_rewards(self, rewards: dict[str, np.ndarray]) -> np.ndarray:
@@ -141,12 +156,16 @@ class RolloutCollector:
             return rewards["total"]
         missing = [name for name in names if name not in rewards]
         if missing:
-            raise ValueError(f"reward {self.config.reward!r} has no component(s) {missing}; "
-                             f"it returns {sorted(rewards)}.")
+            raise ValueError(
+                f"reward {self.config.reward!r} has no component(s) {missing}; "
+                f"it returns {sorted(rewards)}."
+            )
         parts = np.stack([rewards[name] for name in names], axis=-1)
         if not np.allclose(parts.sum(axis=-1), rewards["total"], atol=1e-5):
-            raise ValueError(f"components {list(names)} do not add up to the total reward of "
-                             f"{self.config.reward!r}; they cannot be normalised separately.")
+            raise ValueError(
+                f"components {list(names)} do not add up to the total reward of "
+                f"{self.config.reward!r}; they cannot be normalised separately."
+            )
         return parts
 
     # ------------------------------------------------------------------------------- a step
@@ -167,8 +186,7 @@ class RolloutCollector:
             return result, result.rewards["total"]
 
         if cfg.dynamic_sampling:
-            sample = grpo.DynamicSampler(cfg.group_size, cfg.max_resample).sample(draw,
-                                                                                   num_groups)
+            sample = grpo.DynamicSampler(cfg.group_size, cfg.max_resample).sample(draw, num_groups)
             picks, informative = sample.picks, sample.num_informative
         else:
             draw(num_groups)
@@ -177,15 +195,20 @@ class RolloutCollector:
             informative = int(num_groups - np.asarray(zero).sum())
         batch, rewards = self._assemble(draws, picks)
         metrics = self._metrics(batch, rewards, informative, len(draws))
-        return Rollouts(batch, metrics, int(sum(d.lengths.sum() for d in draws)),
-                        sum(len(d.lengths) for d in draws))
+        return Rollouts(
+            batch,
+            metrics,
+            int(sum(d.lengths.sum() for d in draws)),
+            sum(len(d.lengths) for d in draws),
+        )
 
     def _assemble(self, draws: list[Draw], picks: np.ndarray) -> tuple[dict, dict]:
         """Gathers the picked groups of all draws into one batch with advantages."""
         group = self.config.group_size
         sizes = np.max([batch_lib.padded_sizes(d.prompts) for d in draws], axis=0)
-        prompts = [batch_lib.repad_prompts(d.prompts, sizes, pad_id=self.policy.pad_id)
-                   for d in draws]
+        prompts = [
+            batch_lib.repad_prompts(d.prompts, sizes, pad_id=self.policy.pad_id) for d in draws
+        ]
         offsets = np.cumsum([0] + [len(d.prompts["input_ids"]) for d in draws])
         prompt_rows = offsets[picks[:, 0]] + picks[:, 1]
         rows = (prompt_rows[:, None] * group + np.arange(group)).reshape(-1)
@@ -193,15 +216,19 @@ class RolloutCollector:
         prompts = {key: cat([p[key] for p in prompts])[prompt_rows] for key in prompts[0]}
         tokens = cat([d.tokens for d in draws])[rows]
         lengths = cat([d.lengths for d in draws])[rows]
-        rewards = {name: cat([d.rewards[name] for d in draws])[rows]
-                   for name in draws[0].rewards}
-        advantages = grpo.advantages(jnp.asarray(self.advantage_rewards(rewards)), group,
-                                     estimator=self.config.advantage_estimator,
-                                     eps=self.config.advantage_eps,
-                                     normalize_components=bool(self.config.advantage_components))
-        completions = {"tokens": tokens.astype(np.int32),
-                       "mask": batch_lib.length_mask(lengths, tokens.shape[1]),
-                       "advantages": np.asarray(advantages, np.float32)}
+        rewards = {name: cat([d.rewards[name] for d in draws])[rows] for name in draws[0].rewards}
+        advantages = grpo.advantages(
+            jnp.asarray(self.advantage_rewards(rewards)),
+            group,
+            estimator=self.config.advantage_estimator,
+            eps=self.config.advantage_eps,
+            normalize_components=bool(self.config.advantage_components),
+        )
+        completions = {
+            "tokens": tokens.astype(np.int32),
+            "mask": batch_lib.length_mask(lengths, tokens.shape[1]),
+            "advantages": np.asarray(advantages, np.float32),
+        }
         return {"prompts": prompts, "completions": completions}, rewards
 
     def _metrics(self, batch: dict, rewards: dict, informative: int, draws: int) -> dict:
@@ -211,12 +238,15 @@ class RolloutCollector:
         last = tokens[np.arange(len(tokens)), np.maximum(lengths.astype(int) - 1, 0)]
         ended = np.isin(last, self.config.eos_ids)
         num_groups = len(lengths) // self.config.group_size
-        metrics = {"completion/length_mean": lengths.mean(), "completion/length_max": lengths.max(),
-                   "completion/length_min": lengths.min(),
-                   "completion/truncated_frac": 1.0 - ended.mean(),
-                   "rollout/draws": draws, "rollout/informative_groups_frac":
-                       informative / num_groups,
-                   "advantage/abs_mean": np.abs(batch["completions"]["advantages"]).mean()}
+        metrics = {
+            "completion/length_mean": lengths.mean(),
+            "completion/length_max": lengths.max(),
+            "completion/length_min": lengths.min(),
+            "completion/truncated_frac": 1.0 - ended.mean(),
+            "rollout/draws": draws,
+            "rollout/informative_groups_frac": informative / num_groups,
+            "advantage/abs_mean": np.abs(batch["completions"]["advantages"]).mean(),
+        }
         for name, values in rewards.items():
             metrics[f"reward/{name}/mean"] = values.mean()
             metrics[f"reward/{name}/std"] = values.std()

@@ -1,6 +1,7 @@
 """What every training run is built from: config checks, the mesh, the policy, the prompt stream
 and the stop signal. Shared by the GRPO trainer (`rl.trainer`) and SFT (`rl.sft`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,12 +28,21 @@ from perception_rl.rl import grpo
 from perception_rl.rl.train_step import BATCH_AXES
 
 # Special tokens whose ids a randomly initialised policy takes from its tokenizer.
-_TOKEN_NAMES = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
-                "vision_start_token_id": "<|vision_start|>",
-                "vision_end_token_id": "<|vision_end|>"}
+_TOKEN_NAMES = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+}
 # Tokenizer files copied next to an exported policy so it loads as one HF directory.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                    "chat_template.json", "vocab.json", "merges.txt")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 class ConfigError(ValueError):
@@ -50,17 +60,20 @@ def batch_shards(mesh: Mesh) -> int:
     return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
 
 
-def check_batch(name: str, prompts: int, group_size: int, micro_batches: int,
-                mesh: Mesh) -> None:
+def check_batch(name: str, prompts: int, group_size: int, micro_batches: int, mesh: Mesh) -> None:
     """The global batch must split evenly over the batch shards and the micro-batches."""
     shards = batch_shards(mesh)
     if prompts % shards:
-        raise ConfigError(f"{name}={prompts} prompts do not split over the {shards} batch "
-                          f"shards (data x fsdp) of mesh {dict(mesh.shape)}.")
+        raise ConfigError(
+            f"{name}={prompts} prompts do not split over the {shards} batch "
+            f"shards (data x fsdp) of mesh {dict(mesh.shape)}."
+        )
     rows = prompts * group_size
     if rows % (micro_batches * shards):
-        raise ConfigError(f"{rows} rows ({name} x {group_size}) do not split into "
-                          f"{micro_batches} micro-batches over {shards} batch shards.")
+        raise ConfigError(
+            f"{rows} rows ({name} x {group_size}) do not split into "
+            f"{micro_batches} micro-batches over {shards} batch shards."
+        )
 
 
 def check_rl(rl) -> None:
@@ -78,8 +91,10 @@ def build_mesh(config) -> Mesh:
     """The config's ('data', 'fsdp', 'tensor') mesh over all devices of all hosts."""
     shape = tuple(config.mesh_shape)
     if len(shape) != 3 or not all(isinstance(s, int) for s in shape):
-        raise ConfigError(f"mesh_shape={shape!r}; expected three ints (data, fsdp, tensor), "
-                          "one of them may be -1.")
+        raise ConfigError(
+            f"mesh_shape={shape!r}; expected three ints (data, fsdp, tensor), "
+            "one of them may be -1."
+        )
     try:
         return make_mesh(shape)
     except ValueError as e:
@@ -131,14 +146,16 @@ class Policy:
 
 def _random_policy(model_config: QwenVLConfig, dtype, seed: int, mesh: Mesh, rules):
     """A freshly initialised policy, each parameter created directly with its sharding."""
+
     def init():
         model = QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))
         return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
 
     abstract = jax.eval_shape(init)
     shardings = partitioning.state_shardings(abstract, mesh, rules)
-    graphdef = nnx.split(nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype,
-                                                       rngs=nnx.Rngs(seed))), nnx.Param)[0]
+    graphdef = nnx.split(
+        nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))), nnx.Param
+    )[0]
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
 
@@ -148,15 +165,22 @@ def _is_hf_dir(path: str) -> bool:
 
 def make_processor(config, tokenizer_dir: str, model_config: QwenVLConfig) -> Processor:
     """The processor of `tokenizer_dir` for this model family, with `data.min/max_pixels`."""
-    overrides = {key: int(config.data[key]) for key in ("min_pixels", "max_pixels")
-                 if config.data.get(key) is not None}
+    overrides = {
+        key: int(config.data[key])
+        for key in ("min_pixels", "max_pixels")
+        if config.data.get(key) is not None
+    }
     processor = Processor.from_pretrained(tokenizer_dir, **overrides)
     if processor.model_type != model_config.family:  # a bare tokenizer directory says qwen2_vl
-        processor = Processor(processor.tokenizer, processor.image_processor,
-                              processor.chat_template, image_token_id=processor.image_token_id,
-                              video_token_id=processor.video_token_id,
-                              model_type=model_config.family,
-                              tokens_per_second=model_config.vision.tokens_per_second)
+        processor = Processor(
+            processor.tokenizer,
+            processor.image_processor,
+            processor.chat_template,
+            image_token_id=processor.image_token_id,
+            video_token_id=processor.video_token_id,
+            model_type=model_config.family,
+            tokens_per_second=model_config.vision.tokens_per_second,
+        )
     return processor
 
 
@@ -183,16 +207,19 @@ def load_policy(config, mesh: Mesh) -> Policy:
     try:
         model_config = preset(name)
     except ValueError:
-        raise ConfigError(f"model={name!r} is neither an HF directory (config.json) nor a "
-                          "preset name.") from None
+        raise ConfigError(
+            f"model={name!r} is neither an HF directory (config.json) nor a preset name."
+        ) from None
     tokenizer = Processor.from_pretrained(tokenizer_dir).tokenizer
     ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in _TOKEN_NAMES.items()}
     # A preset carries the real Qwen ids; a randomly initialised model uses its tokenizer's.
     model_config = model_config.replace(**ids)
     processor = make_processor(config, tokenizer_dir, model_config)
-    model_config = model_config.replace(eos_token_id=tokenizer.eos_token_id,
-                                        bos_token_id=processor.pad_token_id,
-                                        pad_token_id=processor.pad_token_id)
+    model_config = model_config.replace(
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=processor.pad_token_id,
+        pad_token_id=processor.pad_token_id,
+    )
     graphdef, params = _random_policy(model_config, dtype, config.seed, mesh, rules)
     return Policy(graphdef, params, model_config, processor, tokenizer_dir)
 
@@ -205,6 +232,7 @@ def export_policy(policy: Policy, params: Any, path: str) -> None:
     """
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() != 0:
         return
@@ -230,12 +258,18 @@ def example_source(config) -> Any:
     data = config.data
     if data.source == "synthetic":
         from perception_rl.data import synthetic
+
         return synthetic.SyntheticSource(
-            config.task, data.split, data.num_examples, seed=data.seed,
-            config=synthetic.SyntheticConfig(**dict(data.get("synthetic") or {})))
+            config.task,
+            data.split,
+            data.num_examples,
+            seed=data.seed,
+            config=synthetic.SyntheticConfig(**dict(data.get("synthetic") or {})),
+        )
     if data.source == "tfds":
-        return pipeline.tfds_source(data.get("tfds_config") or config.task, data.split,
-                                    os.path.expanduser(data.data_dir))
+        return pipeline.tfds_source(
+            data.get("tfds_config") or config.task, data.split, os.path.expanduser(data.data_dir)
+        )
     raise ConfigError(f"data.source={data.source!r}; expected 'synthetic' or 'tfds'.")
 
 
@@ -243,14 +277,16 @@ def get_task(config):
     """The task `config.task` of the perception_rl.data.tasks registry, with
     `config.task_options` overriding its fields."""
     from perception_rl.data import tasks
+
     try:
         return tasks.get_task(config.task, **dict(config.get("task_options") or {}))
     except (KeyError, ValueError) as e:
         raise ConfigError(f"task: {e}") from None
 
 
-def prompt_batches(config, formatter: batch_lib.PromptFormatter, batch_size: int, *,
-                   source: Any = None):
+def prompt_batches(
+    config, formatter: batch_lib.PromptFormatter, batch_size: int, *, source: Any = None
+):
     """This host's iterator of prompt-record batches (checkpointable grain iterator).
 
     Args:
@@ -262,9 +298,13 @@ def prompt_batches(config, formatter: batch_lib.PromptFormatter, batch_size: int
     source = example_source(config) if source is None else source
     dataset = pipeline.make_dataset(source, seed=config.data.seed, transform=formatter)
     buckets = tuple(config.data.buckets) or None
-    batches = pipeline.BucketBatchDataset(dataset, batch_size, buckets=buckets,
-                                          length_fn=batch_lib.prompt_record_length,
-                                          batch_fn=batch_lib.collate_records)
+    batches = pipeline.BucketBatchDataset(
+        dataset,
+        batch_size,
+        buckets=buckets,
+        length_fn=batch_lib.prompt_record_length,
+        batch_fn=batch_lib.collate_records,
+    )
     return iter(batches)
 
 

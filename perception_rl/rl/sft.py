@@ -10,6 +10,7 @@ data pipeline, sharding, micro-batching, checkpoints, resume, SIGTERM handling, 
 final HF export are the GRPO trainer's: the update is `rl.train_step` with `loss="sft"` and
 one "completion" (the answer) per prompt.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,19 +24,21 @@ from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
 from perception_rl.rl.checkpoint import Checkpointer
 from perception_rl.rl.metric_writer import PERF_PREFIX, MetricWriter
-from perception_rl.rl.trainer import make_train_step, resume_or_init, run_loop
 from perception_rl.rl.train_step import StepConfig
+from perception_rl.rl.trainer import make_train_step, resume_or_init, run_loop
 
 
 def sft_batch(records: list[dict], pad_id: int) -> dict:
     """The global SFT batch: padded prompts and answers, gathered from every host."""
     prompts = [record["prompt"] for record in records]
-    answer_length = batch_lib.bucket(max(len(r["answer_ids"]) for r in records),
-                                     batch_lib.MIN_ANSWER_LENGTH)
+    answer_length = batch_lib.bucket(
+        max(len(r["answer_ids"]) for r in records), batch_lib.MIN_ANSWER_LENGTH
+    )
     sizes = batch_lib.host_max(np.append(batch_lib.prompt_sizes(prompts), answer_length))
-    local = {"prompts": batch_lib.pad_prompts(prompts, pad_id=pad_id, sizes=sizes[:3]),
-             "completions": dict(zip(("tokens", "mask"),
-                                     batch_lib.pad_answers(records, int(sizes[3]))))}
+    local = {
+        "prompts": batch_lib.pad_prompts(prompts, pad_id=pad_id, sizes=sizes[:3]),
+        "completions": dict(zip(("tokens", "mask"), batch_lib.pad_answers(records, int(sizes[3])))),
+    }
     return batch_lib.gather_hosts(local)
 
 
@@ -56,34 +59,58 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     runtime.check_batch("sft.batch_size", cfg.batch_size, 1, cfg.num_micro_batches, mesh)
     task = runtime.get_task(config) if task is None else task
     policy = runtime.load_policy(config, mesh)
-    settings = StepConfig(loss="sft", group_size=1, num_micro_batches=cfg.num_micro_batches,
-                          logprob_chunk=config.train.logprob_chunk, remat=config.train.remat)
+    settings = StepConfig(
+        loss="sft",
+        group_size=1,
+        num_micro_batches=cfg.num_micro_batches,
+        logprob_chunk=config.train.logprob_chunk,
+        remat=config.train.remat,
+    )
     step_fn = make_train_step(config, policy, mesh, settings, cfg.optim, cfg.num_steps)
-    formatter = batch_lib.PromptFormatter(task, policy.processor, policy.model_config.family,
-                                          policy.model_config.vision, with_answer=True,
-                                          eos_id=policy.eos_id)
-    records = runtime.prompt_batches(config, formatter,
-                                     runtime.per_host(cfg.batch_size, "sft.batch_size"),
-                                     source=source)
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint_every,
-                               keep=config.train.keep_checkpoints)
+    formatter = batch_lib.PromptFormatter(
+        task,
+        policy.processor,
+        policy.model_config.family,
+        policy.model_config.vision,
+        with_answer=True,
+        eos_id=policy.eos_id,
+    )
+    records = runtime.prompt_batches(
+        config, formatter, runtime.per_host(cfg.batch_size, "sft.batch_size"), source=source
+    )
+    checkpoints = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        every=cfg.checkpoint_every,
+        keep=config.train.keep_checkpoints,
+    )
     # SFT draws no randomness; the key is checkpointed only for a layout shared with GRPO.
     state, rng, start = resume_or_init(checkpoints, step_fn, policy, records, config.seed)
-    writer = MetricWriter(workdir, total_steps=cfg.num_steps, start_step=start,
-                          description="sft", postfix=("loss",))
+    writer = MetricWriter(
+        workdir, total_steps=cfg.num_steps, start_step=start, description="sft", postfix=("loss",)
+    )
 
     def one_step(state, step):
         del step
         began = time.perf_counter()
         batch = sft_batch(next(records), policy.pad_id)
-        state, metrics = step_fn.update(state, batch_lib.global_arrays(
-            batch, step_fn.batch_sharding))
+        state, metrics = step_fn.update(
+            state, batch_lib.global_arrays(batch, step_fn.batch_sharding)
+        )
         metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
         elapsed = time.perf_counter() - began
         metrics[PERF_PREFIX + "step_time_s"] = elapsed
         metrics[PERF_PREFIX + "tokens_per_s"] = metrics["completion_tokens"] / elapsed
         return state, metrics
 
-    return run_loop(one_step, state, rng, start=start, num_steps=cfg.num_steps,
-                    checkpoints=checkpoints, writer=writer, records=records, policy=policy,
-                    workdir=workdir)
+    return run_loop(
+        one_step,
+        state,
+        rng,
+        start=start,
+        num_steps=cfg.num_steps,
+        checkpoints=checkpoints,
+        writer=writer,
+        records=records,
+        policy=policy,
+        workdir=workdir,
+    )

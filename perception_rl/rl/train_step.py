@@ -26,6 +26,7 @@ Inside the update:
   * A non-finite loss or gradient norm skips the update: parameters and optimiser state stay
     untouched and `skipped` counts it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from perception_rl.models.qwen_vl.model import causal_mask
 from perception_rl.parallel import partitioning
@@ -103,20 +105,28 @@ class TrainState:
     opt_state: Any
 
 
-def learning_rate_schedule(learning_rate: float, num_updates: int, *, warmup_steps: int = 0,
-                           end_learning_rate: float = 0.0) -> optax.Schedule:
+def learning_rate_schedule(
+    learning_rate: float, num_updates: int, *, warmup_steps: int = 0, end_learning_rate: float = 0.0
+) -> optax.Schedule:
     """Linear warmup from 0 (if any), then linear decay to `end_learning_rate`."""
-    decay = optax.linear_schedule(learning_rate, end_learning_rate,
-                                  max(num_updates - warmup_steps, 1))
+    decay = optax.linear_schedule(
+        learning_rate, end_learning_rate, max(num_updates - warmup_steps, 1)
+    )
     if not warmup_steps:
         return decay
     warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
     return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def make_optimizer(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, weight_decay: float = 0.0,
-                   grad_clip: float | None = 1.0) -> optax.GradientTransformation:
+def make_optimizer(
+    schedule: optax.Schedule,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+) -> optax.GradientTransformation:
     """AdamW after a global-norm clip (HF Trainer's defaults: clip 1.0, eps 1e-8, no decay)."""
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     if grad_clip is None or grad_clip <= 0:
@@ -136,8 +146,12 @@ def prompt_embeddings(model, prompts: dict[str, jax.Array]) -> jax.Array:
     if "pixel_values" not in prompts:
         return embeds
     features = jax.vmap(model.image_features)(
-        prompts["pixel_values"], prompts["patch_rows"], prompts["patch_cols"],
-        prompts["frame_segments"], prompts["window_segments"])            # [B, N/4, H]
+        prompts["pixel_values"],
+        prompts["patch_rows"],
+        prompts["patch_cols"],
+        prompts["frame_segments"],
+        prompts["window_segments"],
+    )  # [B, N/4, H]
     is_image = ids == model.config.image_token_id
     index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
     gathered = jnp.take_along_axis(features, index[..., None], axis=1)
@@ -148,8 +162,9 @@ def _unconstrained(x):
     return x
 
 
-def prompt_states(model, prompts: dict[str, jax.Array], *, remat: bool = False,
-                  constrain=_unconstrained) -> dict:
+def prompt_states(
+    model, prompts: dict[str, jax.Array], *, remat: bool = False, constrain=_unconstrained
+) -> dict:
     """Runs the decoder over each prompt once.
 
     `constrain` pins batch-major activations to the step's batch sharding (the embedding
@@ -161,15 +176,26 @@ def prompt_states(model, prompts: dict[str, jax.Array], *, remat: bool = False,
     """
     mask = prompts["attention_mask"]
     cache = model.init_cache(mask.shape[0], mask.shape[1])
-    hidden, cache = model.model(constrain(prompt_embeddings(model, prompts)),
-                                prompts["position_ids"].swapaxes(0, 1), causal_mask(mask), cache,
-                                0, remat=remat)
+    hidden, cache = model.model(
+        constrain(prompt_embeddings(model, prompts)),
+        prompts["position_ids"].swapaxes(0, 1),
+        causal_mask(mask),
+        cache,
+        0,
+        remat=remat,
+    )
     return {"last_hidden": hidden[:, -1], "kv": cache}
 
 
-def completion_logprobs(model, prefix: dict, rows: dict[str, jax.Array],
-                        config: StepConfig, *, with_entropy: bool = False,
-                        constrain=_unconstrained):
+def completion_logprobs(
+    model,
+    prefix: dict,
+    rows: dict[str, jax.Array],
+    config: StepConfig,
+    *,
+    with_entropy: bool = False,
+    constrain=_unconstrained,
+):
     """Log-probs [R, T] of completion tokens, decoded against their prompt's keys and values.
 
     The G completions of a prompt share its `prompt_states`: only the T completion positions
@@ -189,39 +215,64 @@ def completion_logprobs(model, prefix: dict, rows: dict[str, jax.Array],
     (num_rows, length), prompt_length = tokens.shape, prompt_mask.shape[1]
     positions = rows["prompt_positions"]
     start = jnp.max(jnp.where(prompt_mask[:, None] > 0, positions, -1), axis=(1, 2)) + 1
-    positions = jnp.broadcast_to((start[:, None] + jnp.arange(length))[None],
-                                 (3, num_rows, length))
-    keys = jnp.concatenate([prompt_mask > 0, rows["mask"] > 0], axis=1)      # [R, P + T]
+    positions = jnp.broadcast_to((start[:, None] + jnp.arange(length))[None], (3, num_rows, length))
+    keys = jnp.concatenate([prompt_mask > 0, rows["mask"] > 0], axis=1)  # [R, P + T]
     slot = jnp.arange(prompt_length + length)
-    causal = slot[None, :] <= prompt_length + jnp.arange(length)[:, None]   # [T, P + T]
-    cache = [jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, length), (0, 0), (0, 0))), layer)
-             for layer in prefix["kv"]]
-    hidden, _ = model.model(constrain(model.model.embed_tokens(tokens)), positions,
-                            keys[:, None, :] & causal[None], cache, prompt_length,
-                            remat=config.remat)
+    causal = slot[None, :] <= prompt_length + jnp.arange(length)[:, None]  # [T, P + T]
+    cache = [
+        jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, length), (0, 0), (0, 0))), layer)
+        for layer in prefix["kv"]
+    ]
+    hidden, _ = model.model(
+        constrain(model.model.embed_tokens(tokens)),
+        positions,
+        keys[:, None, :] & causal[None],
+        cache,
+        prompt_length,
+        remat=config.remat,
+    )
     # Position t is predicted by the state before it: the prompt's last one for t = 0.
-    hidden = jnp.concatenate([prefix["last_hidden"][:, None].astype(hidden.dtype),
-                              hidden[:, :-1]], axis=1)
+    hidden = jnp.concatenate(
+        [prefix["last_hidden"][:, None].astype(hidden.dtype), hidden[:, :-1]], axis=1
+    )
     weight, tied = model.head()
-    return token_logprobs(hidden, tokens, head_weight=weight, tied=tied,
-                          chunk_size=config.logprob_chunk, temperature=config.temperature,
-                          return_entropy=with_entropy)
+    return token_logprobs(
+        hidden,
+        tokens,
+        head_weight=weight,
+        tied=tied,
+        chunk_size=config.logprob_chunk,
+        temperature=config.temperature,
+        return_entropy=with_entropy,
+    )
 
 
-def loss_terms(config: StepConfig, logps: jax.Array, entropy: jax.Array,
-               rows: dict[str, jax.Array]) -> grpo.LossTerms:
+def loss_terms(
+    config: StepConfig, logps: jax.Array, entropy: jax.Array, rows: dict[str, jax.Array]
+) -> grpo.LossTerms:
     """Summable loss terms of one micro-batch (GRPO surrogate or SFT cross-entropy)."""
     mask = rows["mask"]
     if config.loss == "sft":
         nll = -logps
-        sums = {"nll": jnp.sum(jax.lax.stop_gradient(nll) * mask),
-                "entropy": jnp.sum(entropy * mask)}
+        sums = {
+            "nll": jnp.sum(jax.lax.stop_gradient(nll) * mask),
+            "entropy": jnp.sum(entropy * mask),
+        }
         return grpo.LossTerms(jnp.sum(nll * mask), mask.sum(), mask.sum(), sums)
     return grpo.policy_loss_terms(
-        logps, rows.get("old_logps"), rows.get("ref_logps") if config.beta else None,
-        rows["advantages"], mask, beta=config.beta, epsilon_low=config.epsilon_low,
-        epsilon_high=config.epsilon_high, kl_estimator=config.kl_estimator,
-        loss_agg=config.loss_agg, entropy=entropy, max_tokens_norm=config.max_tokens_norm)
+        logps,
+        rows.get("old_logps"),
+        rows.get("ref_logps") if config.beta else None,
+        rows["advantages"],
+        mask,
+        beta=config.beta,
+        epsilon_low=config.epsilon_low,
+        epsilon_high=config.epsilon_high,
+        kl_estimator=config.kl_estimator,
+        loss_agg=config.loss_agg,
+        entropy=entropy,
+        max_tokens_norm=config.max_tokens_norm,
+    )
 
 
 # --------------------------------------------------------------------------------- the step
@@ -238,9 +289,16 @@ class TrainStep:
         logprobs: jitted (params, batch) -> [B*G, T] float32 log-probs.
     """
 
-    def __init__(self, graphdef, params: Any, config: StepConfig,
-                 optimizer: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
-                 rules: partitioning.Rules = partitioning.DEFAULT_RULES):
+    def __init__(
+        self,
+        graphdef,
+        params: Any,
+        config: StepConfig,
+        optimizer: optax.GradientTransformation,
+        schedule: optax.Schedule,
+        mesh: Mesh,
+        rules: partitioning.Rules = partitioning.DEFAULT_RULES,
+    ):
         """Derives every sharding and compiles lazily on first call.
 
         Args:
@@ -258,37 +316,61 @@ class TrainStep:
         self.param_shardings = partitioning.state_shardings(params, mesh, rules)
         self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
         opt_shardings = optax.tree_map_params(
-            optimizer, lambda _, sharding: sharding, jax.eval_shape(optimizer.init, params),
-            self.param_shardings, transform_non_params=lambda _: replicated,
-            is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-        self.state_shardings = TrainState(step=replicated, skipped=replicated,
-                                          params=self.param_shardings, opt_state=opt_shardings)
-        self.update = jax.jit(self._update,
-                              in_shardings=(self.state_shardings, self.batch_sharding),
-                              out_shardings=(self.state_shardings, replicated),
-                              donate_argnums=0)
-        self.logprobs = jax.jit(self._logprobs,
-                                in_shardings=(self.param_shardings, self.batch_sharding),
-                                out_shardings=self.batch_sharding)
+            optimizer,
+            lambda _, sharding: sharding,
+            jax.eval_shape(optimizer.init, params),
+            self.param_shardings,
+            transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+        )
+        self.state_shardings = TrainState(
+            step=replicated,
+            skipped=replicated,
+            params=self.param_shardings,
+            opt_state=opt_shardings,
+        )
+        self.update = jax.jit(
+            self._update,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=0,
+        )
+        self.logprobs = jax.jit(
+            self._logprobs,
+            in_shardings=(self.param_shardings, self.batch_sharding),
+            out_shardings=self.batch_sharding,
+        )
 
     # -------------------------------------------------------------------------------- state
     def init_state(self, params: Any) -> TrainState:
         """A fresh `TrainState` holding a copy of `params` (so `params` can stay the reference)."""
+
         def fresh(params):
             params = jax.tree.map(jnp.copy, params)  # a distinct buffer the update may donate
-            return TrainState(step=jnp.int32(0), skipped=jnp.int32(0), params=params,
-                              opt_state=self.optimizer.init(params))
+            return TrainState(
+                step=jnp.int32(0),
+                skipped=jnp.int32(0),
+                params=params,
+                opt_state=self.optimizer.init(params),
+            )
 
-        return jax.jit(fresh, in_shardings=(self.param_shardings,),
-                       out_shardings=self.state_shardings)(params)
+        return jax.jit(
+            fresh, in_shardings=(self.param_shardings,), out_shardings=self.state_shardings
+        )(params)
 
     def abstract_state(self, params: Any) -> TrainState:
         """Shapes, dtypes and shardings of the state, the restore target of a checkpoint."""
-        shapes = jax.eval_shape(lambda p: TrainState(
-            step=jnp.int32(0), skipped=jnp.int32(0), params=p,
-            opt_state=self.optimizer.init(p)), params)
-        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            shapes, self.state_shardings)
+        shapes = jax.eval_shape(
+            lambda p: TrainState(
+                step=jnp.int32(0), skipped=jnp.int32(0), params=p, opt_state=self.optimizer.init(p)
+            ),
+            params,
+        )
+        return jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            shapes,
+            self.state_shardings,
+        )
 
     # --------------------------------------------------------------------------- batch rows
     def _split(self, x: jax.Array) -> jax.Array:
@@ -312,8 +394,11 @@ class TrainStep:
         group = self.config.group_size
         prompts = batch["prompts"]
         repeat = lambda x: jnp.repeat(x, group, axis=0)
-        rows = {"prompt_mask": repeat(prompts["attention_mask"]),
-                "prompt_positions": repeat(prompts["position_ids"]), **batch["completions"]}
+        rows = {
+            "prompt_mask": repeat(prompts["attention_mask"]),
+            "prompt_positions": repeat(prompts["position_ids"]),
+            **batch["completions"],
+        }
         return jax.tree.map(repeat, prefix), rows
 
     # ----------------------------------------------------------------------------- log-probs
@@ -321,8 +406,7 @@ class TrainStep:
         model = nnx.merge(self.graphdef, params)
         states = prompt_states(model, batch["prompts"], constrain=self._constrain)
         prefix, rows = self._rows(states, batch)
-        logprobs = lambda x: completion_logprobs(model, *x, self.config,
-                                                 constrain=self._constrain)
+        logprobs = lambda x: completion_logprobs(model, *x, self.config, constrain=self._constrain)
         if self.config.num_micro_batches == 1:
             return logprobs((prefix, rows))
         pieces = jax.lax.map(logprobs, jax.tree.map(self._split, (prefix, rows)))
@@ -331,16 +415,18 @@ class TrainStep:
     # ------------------------------------------------------------------------------ update
     def _micro_loss(self, params, prefix, rows):
         model = nnx.merge(self.graphdef, params)
-        logps, entropy = completion_logprobs(model, prefix, rows, self.config, with_entropy=True,
-                                             constrain=self._constrain)
+        logps, entropy = completion_logprobs(
+            model, prefix, rows, self.config, with_entropy=True, constrain=self._constrain
+        )
         terms = loss_terms(self.config, logps, jax.lax.stop_gradient(entropy), rows)
         return terms.loss_sum, terms
 
     def gradients(self, params: Any, batch: dict) -> tuple[Any, grpo.LossTerms]:
         """Gradients of the batch loss and its summed terms, accumulated over micro-batches."""
         prompts, remat = batch["prompts"], self.config.remat
-        prefix_fn = lambda p: prompt_states(nnx.merge(self.graphdef, p), prompts, remat=remat,
-                                            constrain=self._constrain)
+        prefix_fn = lambda p: prompt_states(
+            nnx.merge(self.graphdef, p), prompts, remat=remat, constrain=self._constrain
+        )
         if self.config.num_micro_batches == 1:
             full = lambda p: self._micro_loss(p, *self._rows(prefix_fn(p), batch))
             (_, terms), grads = jax.value_and_grad(full, has_aux=True)(params)
@@ -349,8 +435,11 @@ class TrainStep:
             pieces = jax.tree.map(self._split, self._rows(prefix, batch))
             grad_fn = jax.value_and_grad(self._micro_loss, argnums=(0, 1), has_aux=True)
             zero_terms = jax.tree.map(
-                jnp.zeros_like, jax.eval_shape(lambda x: self._micro_loss(params, *x)[1],
-                                               jax.tree.map(lambda a: a[0], pieces)))
+                jnp.zeros_like,
+                jax.eval_shape(
+                    lambda x: self._micro_loss(params, *x)[1], jax.tree.map(lambda a: a[0], pieces)
+                ),
+            )
             add = lambda a, b: jax.tree.map(jnp.add, a, b)
 
             def body(carry, piece):
@@ -362,9 +451,15 @@ class TrainStep:
             (grads, terms), prefix_grads = jax.lax.scan(body, (zero_grads, zero_terms), pieces)
             # Each prompt's cotangent is the sum over its G completions.
             prefix_grads = jax.tree.map(
-                lambda g, x: self._unsplit(g).reshape(x.shape[0], self.config.group_size,
-                                                      *x.shape[1:]).sum(axis=1).astype(x.dtype),
-                prefix_grads, prefix)
+                lambda g, x: (
+                    self._unsplit(g)
+                    .reshape(x.shape[0], self.config.group_size, *x.shape[1:])
+                    .sum(axis=1)
+                    .astype(x.dtype)
+                ),
+                prefix_grads,
+                prefix,
+            )
             grads = add(grads, pull_back(prefix_grads)[0])
         scale = 1.0 / jnp.maximum(terms.weight, 1.0)
         return jax.tree.map(lambda g: g * scale.astype(g.dtype), grads), terms
@@ -377,11 +472,18 @@ class TrainStep:
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = TrainState(step=state.step + 1,
-                               skipped=state.skipped + (~finite).astype(jnp.int32),
-                               params=keep(params, state.params),
-                               opt_state=keep(opt_state, state.opt_state))
-        metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped,
-                   "learning_rate": self.schedule(state.step - state.skipped),
-                   "completion_tokens": terms.num_tokens, **terms.metrics()}
+        new_state = TrainState(
+            step=state.step + 1,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "skipped": new_state.skipped,
+            "learning_rate": self.schedule(state.step - state.skipped),
+            "completion_tokens": terms.num_tokens,
+            **terms.metrics(),
+        }
         return new_state, metrics
