@@ -55,9 +55,9 @@ def _abstract(policy):
 _STEPS = {}
 
 
-def make_step(policy, devices: int, micro_batches: int, optimizer=None) -> TrainStep:
-    """Train steps are cached per (devices, micro-batches) so tests share compilations."""
-    key = (devices, micro_batches, optimizer is None)
+def make_step(policy, devices: int, micro_batches: int, remat: bool = False) -> TrainStep:
+    """Train steps (SGD, lr 0.1) cached per setting, so tests share compilations."""
+    key = (devices, micro_batches, remat)
     if key not in _STEPS:
         mesh = (
             make_mesh((1, 1, 1), devices=jax.devices()[:1])
@@ -65,14 +65,8 @@ def make_step(policy, devices: int, micro_batches: int, optimizer=None) -> Train
             else make_mesh((2, 2, 2))
         )
         schedule = optax.constant_schedule(0.1)
-        _STEPS[key] = TrainStep(
-            policy[0],
-            policy[1],
-            StepConfig(**GRPO, num_micro_batches=micro_batches),
-            optimizer or optax.sgd(schedule),
-            schedule,
-            mesh,
-        )
+        config = StepConfig(**GRPO, num_micro_batches=micro_batches, remat=remat)
+        _STEPS[key] = TrainStep(policy[0], policy[1], config, optax.sgd(schedule), schedule, mesh)
     return _STEPS[key]
 
 
@@ -131,8 +125,17 @@ def test_eight_device_mesh_equals_one_device(policy, batch, reference_run):
 
 
 def test_micro_batches_accumulate_to_the_full_batch(policy, batch, reference_run):
+    """Two micro-batches (with rematerialised layers) give the full batch's update."""
     # Uneven completion lengths make per-micro-batch means differ from the full-batch mean.
-    assert_same_run(reference_run, run_updates(make_step(policy, 1, 2), policy[1], batch))
+    step = make_step(policy, 1, 2, remat=True)
+    placed = batch_lib.global_arrays(batch, step.batch_sharding)
+    reference = make_step(policy, 1, 1)
+    np.testing.assert_allclose(
+        step.logprobs(policy[1], placed),
+        reference.logprobs(policy[1], batch_lib.global_arrays(batch, reference.batch_sharding)),
+        atol=1e-5,
+    )
+    assert_same_run(reference_run, run_updates(step, policy[1], batch))
 
 
 def test_update_descends_the_grpo_loss_of_its_own_log_probs(policy, batch, reference_run):

@@ -406,7 +406,11 @@ class TrainStep:
         model = nnx.merge(self.graphdef, params)
         states = prompt_states(model, batch["prompts"], constrain=self._constrain)
         prefix, rows = self._rows(states, batch)
-        logprobs = lambda x: completion_logprobs(model, *x, self.config, constrain=self._constrain)
+        # The module is merged inside the mapped function: NNX's remat must not update
+        # variables of a module created outside the loop's trace.
+        logprobs = lambda x: completion_logprobs(
+            nnx.merge(self.graphdef, params), *x, self.config, constrain=self._constrain
+        )
         if self.config.num_micro_batches == 1:
             return logprobs((prefix, rows))
         pieces = jax.lax.map(logprobs, jax.tree.map(self._split, (prefix, rows)))
