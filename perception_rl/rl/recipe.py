@@ -55,12 +55,12 @@ def _exported(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json"))
 
 
-def train_phase(config, workdir: str, phase: str) -> str:
+def train_phase(config, workdir: str, phase: str) -> dict | None:
     """Trains `phase` ("sft" from `config.model`, "grpo" from the SFT export) unless its
-    policy is already exported; returns the policy directory."""
+    policy is already exported; returns the trainer's summary (None when skipped)."""
     out = _policy_dir(workdir, phase)
     if _exported(out):
-        return out
+        return None
     if phase == "sft":
         from perception_rl.rl import sft
         summary = sft.train(config, os.path.join(workdir, phase))
@@ -70,10 +70,10 @@ def train_phase(config, workdir: str, phase: str) -> str:
         # policy it loads as the KL reference, so the reference is the SFT policy.
         start = phase_config(config, model=_policy_dir(workdir, "sft"), tokenizer=None)
         summary = trainer.train(start, os.path.join(workdir, phase))
-    if summary.get("stopped") or not _exported(out):
-        raise RuntimeError(f"{phase} stopped at step {summary.get('step')} before exporting "
-                           f"its policy; run again with the same workdir to resume.")
-    return out
+    if not summary.get("stopped") and not _exported(out):
+        raise RuntimeError(f"{phase} finished at step {summary.get('step')} without exporting "
+                           f"{out}.")
+    return summary
 
 
 def eval_phase(config, workdir: str, phase: str) -> dict:
@@ -90,12 +90,18 @@ def eval_phase(config, workdir: str, phase: str) -> dict:
 
 def run(config, workdir: str) -> dict:
     """Runs (or finishes) the whole recipe in `workdir`; prints and returns the before/after
-    summary (see `before_after`)."""
+    summary (see `before_after`).
+
+    SIGTERM during training checkpoints the phase and returns its {"stopped": True, "step", ...}
+    summary (what `perception_rl.main` reports); a rerun resumes it.
+    """
     timings = {}
     results = {}
     for phase in PHASES:
         began = time.perf_counter()
-        train_phase(config, workdir, phase)
+        summary = train_phase(config, workdir, phase)
+        if summary is not None and summary.get("stopped"):
+            return {**summary, "phase": phase}
         timings[f"{phase}_train_s"] = time.perf_counter() - began
         began = time.perf_counter()
         results[phase] = eval_phase(config, workdir, phase)
