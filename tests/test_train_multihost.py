@@ -43,7 +43,7 @@ def launch(workdir, devices: int, **env) -> subprocess.Popen:
     )
 
 
-def test_two_processes_give_the_losses_of_one(tmp_path):
+def test_two_processes_give_the_losses_of_one(tmp_path, tmp_path_factory):
     port = free_port()
     two = [
         launch(
@@ -55,7 +55,15 @@ def test_two_processes_give_the_losses_of_one(tmp_path):
         )
         for i in range(2)
     ]
-    one = launch(tmp_path / "one", 4)
+    # The one-process run fills the session's compilation cache for test_train_resume.
+    cache = tmp_path_factory.getbasetemp() / "jax_cache"
+    one = launch(
+        tmp_path / "one",
+        4,
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     for process in (*two, one):
         _, err = process.communicate(timeout=400)
         assert process.returncode == 0, err[-3000:]

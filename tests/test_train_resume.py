@@ -14,10 +14,13 @@ from perception_rl.rl.metric_writer import PERF_PREFIX, read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STEPS = 8
+# The device setup of test_train_multihost's one-process run, whose compiled programs the
+# persistent cache then serves to these runs.
 ARGS = [
     "--config=configs/smoke.py",
     f"--config.train.num_steps={STEPS}",
     "--config.train.checkpoint_every=1",
+    "--config.mesh_shape=(2,2,1)",
 ]
 
 pytestmark = pytest.mark.slow
@@ -25,11 +28,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """One CPU device; a persistent compilation cache shared by the runs of this session."""
+    """Four CPU devices; a persistent compilation cache shared by the runs of this session."""
     cache = tmp_path_factory.getbasetemp() / "jax_cache"
     return dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
         JAX_COMPILATION_CACHE_DIR=str(cache),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
