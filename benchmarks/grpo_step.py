@@ -1,6 +1,6 @@
 """One full GRPO step (rollouts + rewards + update): ours vs TRL's GRPOTrainer, same weights.
 
-  python benchmarks/grpo_step.py [--prompts 1] [--steps 3] [--skip-trl]
+  python benchmarks/grpo_step.py [--prompts 1] [--steps 3] [--image-size 112] [--skip-trl]
 
 Both sides train the bench checkpoint (`bench_models.build_bench_checkpoint`: Qwen2.5-VL, 8 text
 layers of width 512, 4 vision blocks, tiny tokenizer) on the same prompts (`bench_prompts`: a
@@ -44,6 +44,23 @@ from perception_rl.rl.rollouts import RolloutCollector, RolloutConfig
 
 GROUP, NEW_TOKENS = 8, 64
 LABELS = ["red circle", "blue square", "green triangle", "yellow star"]
+
+
+def conversations(num_prompts: int, image_size: int) -> tuple[list, list]:
+    """`bench_prompts`' texts and images (the very same at its 112 px), at any image size."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    texts, images = [], []
+    for i in range(num_prompts):
+        texts.append(f"Output all the bounding boxes of the {LABELS[i % len(LABELS)]}")
+        pixels = rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)
+        images.append(Image.fromarray(pixels))
+    return texts, images
+
+
+def user_turn(text: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
 
 def targets(num_prompts: int) -> list[dict]:
@@ -94,12 +111,16 @@ def _flops(compiled) -> float:
     return float(analysis.get("flops", 0.0))
 
 
-def time_ours(path: str, num_prompts: int, steps: int) -> dict:
+def time_ours(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
     """Seconds per full step of our trainer, and the FLOP/s of its update programs."""
     config = bench_config(path, num_prompts)
     mesh = runtime.build_mesh(config)
     policy = runtime.load_policy(config, mesh)
-    batch = bench_prompts(path, num_prompts)
+    if image_size == 112:
+        batch = bench_prompts(path, num_prompts)
+    else:
+        texts, images = conversations(num_prompts, image_size)
+        batch = policy.processor([user_turn(t) for t in texts], [[image] for image in images])
     records = records_from_batch(batch, policy.model_config.vision, targets(num_prompts))
     settings = RolloutConfig(
         group_size=GROUP,
@@ -148,11 +169,10 @@ def time_ours(path: str, num_prompts: int, steps: int) -> dict:
     }
 
 
-def time_trl(path: str, num_prompts: int, steps: int) -> dict:
+def time_trl(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
     """Seconds per step of TRL's GRPOTrainer with the same model, prompts and settings."""
     import torch
     from datasets import Dataset
-    from PIL import Image
     from transformers import (
         AutoTokenizer,
         Qwen2_5_VLForConditionalGeneration,
@@ -179,20 +199,11 @@ def time_trl(path: str, num_prompts: int, steps: int) -> dict:
         tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )
-    rng = np.random.default_rng(0)  # the images of `bench_prompts(path, n)`, in its order
-    rows = []
-    for i, goal in enumerate(targets(num_prompts)):
-        text = f"Output all the bounding boxes of the {LABELS[i % len(LABELS)]}"
-        image = Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8))
-        rows.append(
-            {
-                "prompt": [
-                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
-                ],
-                "image": image,
-                "points": goal["points"],
-            }
-        )
+    texts, images = conversations(num_prompts, image_size)
+    rows = [
+        {"prompt": user_turn(text), "image": image, "points": goal["points"]}
+        for text, image, goal in zip(texts, images, targets(num_prompts))
+    ]
 
     def counting(completions, points, **unused):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
@@ -274,21 +285,24 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=1, help="prompts per step (x G = 8)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after a warm-up")
+    parser.add_argument("--image-size", type=int, default=112, help="image side (bench: 112)")
     parser.add_argument("--skip-trl", action="store_true", help="only time our step")
     args = parser.parse_args()
     completions = args.prompts * GROUP
     with tempfile.TemporaryDirectory() as path:
         build_bench_checkpoint(path)
-        ours = time_ours(path, args.prompts, args.steps)
+        ours = time_ours(path, args.prompts, args.steps, args.image_size)
         peak = matmul_peak()
-        trl = None if args.skip_trl else time_trl(path, args.prompts, args.steps)
+        trl = None
+        if not args.skip_trl:
+            trl = time_trl(path, args.prompts, args.steps, args.image_size)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax {jax.__version__} on "
         f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})"
     )
     print(
-        f"step: {args.prompts} prompt(s) x G={GROUP} = {completions} completions x "
-        f"{NEW_TOKENS} tokens, beta 0.04, mu 1"
+        f"step: {args.prompts} prompt(s) with a {args.image_size} px image x G={GROUP} = "
+        f"{completions} completions x {NEW_TOKENS} tokens, beta 0.04, mu 1"
     )
     print(
         f"ours: {completions / ours['step_s']:8.2f} completions/s ({ours['step_s']:.3f} s/step;"
