@@ -54,8 +54,33 @@ def test_sampler_inputs_equal_the_processor_batch(processor, examples):
     )
     np.testing.assert_array_equal(ours["pixel_values"], direct["pixel_values"])
     np.testing.assert_array_equal(ours["image_grid_thw"], direct["image_grid_thw"])
-    assert prompts["input_ids"].shape[1] & (prompts["input_ids"].shape[1] - 1) == 0  # 2^k
+    assert prompts["input_ids"].shape[1] == batch_lib.bucket(length, 16)
     assert (ours["attention_mask"][:, :-length] == 0).all()  # extra padding is masked
+
+
+def test_buckets_are_two_per_octave():
+    sizes = [batch_lib.bucket(n, 16) for n in range(1, 5000)]
+    assert sorted(set(sizes)) == [
+        16,
+        24,
+        32,
+        48,
+        64,
+        96,
+        128,
+        192,
+        256,
+        384,
+        512,
+        768,
+        1024,
+        1536,
+        2048,
+        3072,
+        4096,
+        6144,
+    ]
+    assert all(n <= size < 1.5 * n or size == 16 for n, size in zip(range(1, 5000), sizes))
 
 
 def test_repad_equals_padding_to_the_larger_sizes_at_once(processor, examples):
