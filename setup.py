@@ -1,4 +1,5 @@
 """perception_rl: GRPO post-training of Qwen-VL policies in JAX/Flax."""
+
 from setuptools import find_packages, setup
 
 setup(

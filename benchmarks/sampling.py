@@ -16,9 +16,8 @@ import tempfile
 import time
 
 import jax
-import numpy as np
-
 from bench_models import bench_prompts, build_bench_checkpoint
+
 from perception_rl.models import from_pretrained
 from perception_rl.sampling import generate
 

@@ -7,8 +7,9 @@
 # Every worker runs the same command; `perception_rl.main` calls jax.distributed.initialize(),
 # which discovers the pod's coordinator on TPU VMs, and grain shards the data by
 # process_index::process_count. Checkpoints (orbax) and metrics go to WORKDIR, which must be
-# shared by all hosts (a gs:// path). Weights and data must already be on the hosts or in GCS:
-# nothing is downloaded at run time.
+# shared by all hosts (a gs:// path). Before the run, each worker installs the package from its
+# checkout (pip, `jax[tpu]`); the run itself downloads nothing: weights and data must already be
+# on the hosts or in GCS.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
 REPO_DIR=${REPO_DIR:-perception_rl}

@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
     try:
         config = _CONFIG.value
         config.get("task")  # a config file that failed to load raises here
-    except Exception as e:  # noqa: BLE001 - any failure to build the config is a config error
+    except Exception as e:
         config_error(f"--config: {e}")
     if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
         logging.set_verbosity(logging.WARNING)

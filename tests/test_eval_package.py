@@ -1,4 +1,5 @@
 """The eval package's public surface, and that importing it stays cheap."""
+
 import pathlib
 import subprocess
 import sys
@@ -8,15 +9,24 @@ from perception_rl.eval import metrics
 
 
 def test_public_names_resolve():
-  for module in (evaluation, metrics):
-    assert all(callable(getattr(module, name)) or name == "COCO_METRIC_NAMES"
-               for name in module.__all__)
+    for module in (evaluation, metrics):
+        assert all(
+            callable(getattr(module, name)) or name == "COCO_METRIC_NAMES"
+            for name in module.__all__
+        )
 
 
 def test_import_loads_no_heavy_dependency():
-  heavy = ("jax", "nltk", "faster_coco_eval", "scipy.optimize", "jieba")
-  code = ("import sys; from perception_rl.eval import coco_metrics, crowd_metrics; "
-          f"print([m for m in {heavy!r} if m in sys.modules])")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, cwd=pathlib.Path(__file__).parents[1])
-  assert result.stdout.strip() == "[]"
+    heavy = ("jax", "nltk", "faster_coco_eval", "scipy.optimize", "jieba")
+    code = (
+        "import sys; from perception_rl.eval import coco_metrics, crowd_metrics; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=pathlib.Path(__file__).parents[1],
+    )
+    assert result.stdout.strip() == "[]"

@@ -3,12 +3,12 @@
 import json
 import os
 
+import hf_models
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import hf_models
 from perception_rl.models import CheckpointError, from_pretrained, save_pretrained
 from perception_rl.models.qwen_vl import ConfigError
 from perception_rl.models.qwen_vl.model import vision_layout_dict

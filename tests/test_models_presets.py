@@ -1,4 +1,5 @@
 """Presets reproduce the released checkpoints' parameter counts and config.json round-trips."""
+
 import math
 
 import jax
@@ -34,17 +35,35 @@ def test_config_json_round_trip(name):
 def test_hub_style_flat_config_parses():
     """The 4.x hub layout: text fields at the top level, legacy rope_scaling, in_chans."""
     hub = {
-        "model_type": "qwen2_5_vl", "hidden_size": 2048, "intermediate_size": 11008,
-        "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
-        "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1e6,
-        "max_position_embeddings": 128000, "tie_word_embeddings": True,
+        "model_type": "qwen2_5_vl",
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1e6,
+        "max_position_embeddings": 128000,
+        "tie_word_embeddings": True,
         "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-        "use_sliding_window": False, "sliding_window": 32768, "bos_token_id": 151643,
+        "use_sliding_window": False,
+        "sliding_window": 32768,
+        "bos_token_id": 151643,
         "eos_token_id": 151645,
-        "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420,
-                          "num_heads": 16, "in_chans": 3, "out_hidden_size": 2048,
-                          "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
-                          "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
-                          "tokens_per_second": 2},
+        "vision_config": {
+            "depth": 32,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "in_chans": 3,
+            "out_hidden_size": 2048,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+            "tokens_per_second": 2,
+        },
     }
     assert QwenVLConfig.from_hf_dict(hub) == preset("qwen2p5_vl_3b")

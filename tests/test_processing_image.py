@@ -27,7 +27,17 @@ def hf_outputs(images, **settings):
 
 @pytest.mark.parametrize(
     ("height", "width"),
-    [(28, 28), (1, 1), (10, 10), (42, 70), (100, 150), (2000, 3000), (1, 150), (57, 11000), (333, 777)],
+    [
+        (28, 28),
+        (1, 1),
+        (10, 10),
+        (42, 70),
+        (100, 150),
+        (2000, 3000),
+        (1, 150),
+        (57, 11000),
+        (333, 777),
+    ],
 )
 @pytest.mark.parametrize("max_pixels", [3136 * 4, 28 * 28 * 1280, HUB_MAX_PIXELS])
 def test_smart_resize_matches_hf(height, width, max_pixels):
@@ -78,7 +88,9 @@ def test_pixels_match_hf_beyond_default_max_pixels():
 
 def test_configurable_patch_merge_and_temporal_sizes_match_hf():
     images = [random_image(np.random.default_rng(2), h, w) for h, w in [(30, 50), (17, 9)]]
-    settings = dict(patch_size=4, merge_size=2, temporal_patch_size=3, min_pixels=64, max_pixels=4096)
+    settings = dict(
+        patch_size=4, merge_size=2, temporal_patch_size=3, min_pixels=64, max_pixels=4096
+    )
     pixel_values, grid = ImageProcessor(**settings)(images)
     hf_pixel_values, hf_grid = hf_outputs(images, **settings)
     assert pixel_values.shape[1] == 3 * 3 * 4 * 4
@@ -97,11 +109,15 @@ def test_patchify_is_merge_window_major_and_channel_outermost():
         row = patches[((bi * wm + bj) * m + dh) * m + dw]
         top, left = (bi * m + dh) * p, (bj * m + dw) * p
         for t in range(tp):
-            np.testing.assert_array_equal(row[:, t], image[top : top + p, left : left + p].transpose(2, 0, 1))
+            np.testing.assert_array_equal(
+                row[:, t], image[top : top + p, left : left + p].transpose(2, 0, 1)
+            )
 
 
 def test_reads_preprocessor_config_written_by_hf(tmp_path):
-    settings = dict(min_pixels=1234, max_pixels=56789, patch_size=7, merge_size=2, temporal_patch_size=2)
+    settings = dict(
+        min_pixels=1234, max_pixels=56789, patch_size=7, merge_size=2, temporal_patch_size=2
+    )
     pil_qwen2_vl.Qwen2VLImageProcessorPil(**settings).save_pretrained(tmp_path)
     processor = ImageProcessor.from_pretrained(tmp_path)
     for name, value in settings.items():

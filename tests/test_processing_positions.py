@@ -83,7 +83,7 @@ def random_batch(rng, images_per_row, videos_per_row=None, padding_side="left"):
     for b, row in enumerate(rows):
         span = slice(length - len(row), length) if padding_side == "left" else slice(0, len(row))
         ids[b, span], mask[b, span] = row, 1
-    as_grid = lambda g: np.array(g, np.int64).reshape(-1, 3) if g else None  # noqa: E731
+    as_grid = lambda g: np.array(g, np.int64).reshape(-1, 3) if g else None
     return ids, mask, as_grid(image_grids), as_grid(video_grids)
 
 
@@ -96,7 +96,12 @@ def assert_same(ours_out, hf_out):
 def test_port_notes_example():
     ids = np.array([[20, 21, V_START] + [IMAGE] * 6 + [V_END, 22, 23, 24]])
     positions, deltas = get_rope_index(
-        ids, None, np.array([[1, 4, 6]]), image_token_id=IMAGE, video_token_id=VIDEO, spatial_merge_size=MERGE
+        ids,
+        None,
+        np.array([[1, 4, 6]]),
+        image_token_id=IMAGE,
+        video_token_id=VIDEO,
+        spatial_merge_size=MERGE,
     )
     assert positions[:, 0].tolist() == [
         [0, 1, 2, 3, 3, 3, 3, 3, 3, 6, 7, 8, 9],
@@ -119,7 +124,9 @@ def test_matches_hf_right_padding_and_no_mask(model_type):
     ids, mask, grids, _ = random_batch(np.random.default_rng(7), [2, 1, 0], padding_side="right")
     assert_same(ours(model_type, ids, mask, grids), hf_rope_index(model_type, ids, mask, grids))
     full = ids[:1, : mask[0].sum()]
-    assert_same(ours(model_type, full, None, grids[:2]), hf_rope_index(model_type, full, None, grids[:2]))
+    assert_same(
+        ours(model_type, full, None, grids[:2]), hf_rope_index(model_type, full, None, grids[:2])
+    )
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

@@ -11,7 +11,7 @@ from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_p
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: E402
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 IMAGE_SETTINGS = dict(min_pixels=28 * 28, max_pixels=28 * 28 * 48)
 TEXT = dict(
@@ -24,7 +24,11 @@ VISION = {
     "qwen2_5_vl": dict(depth=1, hidden_size=32, intermediate_size=48, out_hidden_size=64, num_heads=4,
                        window_size=56, fullatt_block_indexes=[0], tokens_per_second=2),
 }  # fmt: skip
-TOKEN_IDS = {k: v for k, v in TINY_TOKEN_IDS.items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+TOKEN_IDS = {
+    k: v
+    for k, v in TINY_TOKEN_IDS.items()
+    if k not in ("bos_token_id", "eos_token_id", "pad_token_id")
+}
 
 
 class HFProcessor(transformers.Qwen2VLProcessor):
@@ -51,16 +55,30 @@ def checkpoint(request, tmp_path_factory):
 
 
 def image(seed, height, width):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return Image.fromarray(
+        np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    )
 
 
 CONVERSATIONS = [
     [{"role": "user", "content": "How many dogs are there?"}],
-    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Find the red circle."}]}],
+    [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "Find the red circle."}],
+        }
+    ],
     [
         {"role": "system", "content": "Answer in JSON."},
-        {"role": "user", "content": [{"type": "text", "text": "Compare"}, {"type": "image"},
-                                     {"type": "text", "text": "and"}, {"type": "image"}]},  # fmt: skip
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Compare"},
+                {"type": "image"},
+                {"type": "text", "text": "and"},
+                {"type": "image"},
+            ],
+        },  # fmt: skip
     ],
     [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Output the box."}]}],
 ]
@@ -73,16 +91,23 @@ def hf_reference(model_type, path, conversations, images, padding_side):
         image_processor=Qwen2VLImageProcessorPil(**IMAGE_SETTINGS), tokenizer=tokenizer,
         chat_template=tokenizer.chat_template,
     )  # fmt: skip
-    texts = [hf.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    texts = [
+        hf.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+    ]
     flat_images = [img for row in images for img in row] or None
-    out = hf(text=texts, images=flat_images, padding=True, padding_side=padding_side, return_tensors="pt")
+    out = hf(
+        text=texts, images=flat_images, padding=True, padding_side=padding_side, return_tensors="pt"
+    )
     model = transformers.AutoModel.from_config(hf_config(model_type)).eval()
     positions, deltas = model.get_rope_index(
         out["input_ids"], mm_token_type_ids=out["mm_token_type_ids"],
         image_grid_thw=out.get("image_grid_thw"), attention_mask=out["attention_mask"],
     )  # fmt: skip
     reference = {k: v.numpy() for k, v in out.items() if k != "mm_token_type_ids"}
-    return reference | {"position_ids": positions.numpy(), "rope_deltas": deltas.numpy().reshape(-1)}
+    return reference | {
+        "position_ids": positions.numpy(),
+        "rope_deltas": deltas.numpy().reshape(-1),
+    }
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
@@ -108,7 +133,9 @@ def test_text_only_batch_has_no_vision_arrays(checkpoint):
     assert "pixel_values" not in batch and "image_grid_thw" not in batch
     mask = batch["attention_mask"]
     expected = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 0)
-    np.testing.assert_array_equal(batch["position_ids"], np.broadcast_to(expected, (3, *mask.shape)))
+    np.testing.assert_array_equal(
+        batch["position_ids"], np.broadcast_to(expected, (3, *mask.shape))
+    )
     reference = hf_reference(model_type, path, conversations, [], "left")
     np.testing.assert_array_equal(batch["input_ids"], reference["input_ids"])
     np.testing.assert_array_equal(batch["position_ids"], reference["position_ids"])
@@ -117,7 +144,9 @@ def test_text_only_batch_has_no_vision_arrays(checkpoint):
 def test_image_pads_are_expanded_per_image(checkpoint):
     processor = Processor.from_pretrained(checkpoint[1])
     batch = processor(CONVERSATIONS[2:3], IMAGES[2:3], add_generation_prompt=False)
-    counts = [processor.image_processor.num_image_tokens(img.height, img.width) for img in IMAGES[2]]
+    counts = [
+        processor.image_processor.num_image_tokens(img.height, img.width) for img in IMAGES[2]
+    ]
     assert (batch["input_ids"] == TINY_TOKEN_IDS["image_token_id"]).sum() == sum(counts)
     np.testing.assert_array_equal(batch["image_grid_thw"].prod(-1) // 4, counts)
     text = processor.tokenizer.decode(batch["input_ids"][0])
@@ -157,8 +186,16 @@ def test_tokenizer_directory_without_model_config(tmp_path):
         (CONVERSATIONS[:2], [[]], "2 conversations but 1 image lists"),
         (CONVERSATIONS[1:2], [IMAGES[1][0]], r"images\[0\] must be a list of PIL images"),
         (CONVERSATIONS[1], None, "conversation 0 must be a list of messages, got dict"),
-        ([[{"role": "user"}]], None, "conversation 0, message 0: need a dict with 'role' and 'content'"),
-        ([[{"role": "user", "content": [{"type": "video"}]}]], None, "conversation 0 has a video part"),
+        (
+            [[{"role": "user"}]],
+            None,
+            "conversation 0, message 0: need a dict with 'role' and 'content'",
+        ),
+        (
+            [[{"role": "user", "content": [{"type": "video"}]}]],
+            None,
+            "conversation 0 has a video part",
+        ),
         ([], None, "non-empty list of conversations"),
     ],
 )
@@ -174,8 +211,14 @@ def test_bad_inputs_are_named(conversations, images, message):
     ("edit", "message"),
     [
         ({"model_type": "llava"}, "config.json: model_type 'llava' is not one of"),
-        ({"image_token_id": 151655}, "config.json: image_token_id=151655 but the tokenizer gives id 10"),
-        ({"vision_config": {"spatial_merge_size": 4}}, "vision_config.spatial_merge_size=4 but the image processor"),
+        (
+            {"image_token_id": 151655},
+            "config.json: image_token_id=151655 but the tokenizer gives id 10",
+        ),
+        (
+            {"vision_config": {"spatial_merge_size": 4}},
+            "vision_config.spatial_merge_size=4 but the image processor",
+        ),
     ],
 )
 def test_inconsistent_checkpoint_is_named(tmp_path, edit, message):

@@ -51,12 +51,16 @@ def test_round_trips_text(tokenizer, text):
 
 
 def test_splits_digits_like_qwen2(tokenizer):
-    tokens = tokenizer.convert_ids_to_tokens(tokenizer.encode("[1024, 77]", add_special_tokens=False))
+    tokens = tokenizer.convert_ids_to_tokens(
+        tokenizer.encode("[1024, 77]", add_special_tokens=False)
+    )
     assert tokens[:5] == ["[", "1", "0", "2", "4"]
 
 
 def test_skip_special_tokens_drops_every_qwen_special(tokenizer):
-    ids = tokenizer.encode("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>")
+    ids = tokenizer.encode(
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>"
+    )
     assert tokenizer.decode(ids, skip_special_tokens=True) == "user\nhi"
 
 
@@ -65,7 +69,9 @@ def test_chat_template_is_qwen2_vl(tokenizer):
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]},
         {"role": "assistant", "content": "2"},
     ]
-    assert tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True) == (
+    assert tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=True
+    ) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>How many?<|im_end|>\n"
         "<|im_start|>assistant\n2<|im_end|>\n<|im_start|>assistant\n"
@@ -81,4 +87,6 @@ def test_builder_reproduces_the_committed_files(tmp_path):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         built = json.loads((tmp_path / name).read_text())
         committed = json.loads((tiny_tokenizer_path() / name).read_text())
-        assert built == committed, f"{name} is stale: run python -m perception_rl.processing.tiny_tokenizer"
+        assert built == committed, (
+            f"{name} is stale: run python -m perception_rl.processing.tiny_tokenizer"
+        )

@@ -13,13 +13,25 @@ from configs import synthetic
 from perception_rl.models.qwen_vl import preset
 from perception_rl.rl import recipe, report
 
-REPORT_FILES = ("reward_curves.png", "gallery.png", "gallery_sft.png", "before_after.json",
-                "table.md")
+REPORT_FILES = (
+    "reward_curves.png",
+    "gallery.png",
+    "gallery_sft.png",
+    "before_after.json",
+    "table.md",
+)
 
 
-@pytest.mark.parametrize("arg, task", [(None, "counting"), ("", "counting"),
-                                       ("grounding", "grounding"), ("task=detection", "detection"),
-                                       ("counting", "counting")])
+@pytest.mark.parametrize(
+    "arg, task",
+    [
+        (None, "counting"),
+        ("", "counting"),
+        ("grounding", "grounding"),
+        ("task=detection", "detection"),
+        ("counting", "counting"),
+    ],
+)
 def test_config_builds_for_each_task(arg, task):
     config = synthetic.get_config(arg)
     assert config.task == task
@@ -34,8 +46,9 @@ def test_config_rejects_unknown_task():
 
 
 def test_moving_average_and_reward_window():
-    np.testing.assert_allclose(report.moving_average(np.array([1.0, 2, 3, 4]), 2),
-                               [1.0, 1.5, 2.5, 3.5])
+    np.testing.assert_allclose(
+        report.moving_average(np.array([1.0, 2, 3, 4]), 2), [1.0, 1.5, 2.5, 3.5]
+    )
     records = [{"step": i + 1, "reward/total/mean": float(i)} for i in range(12)]
     window = recipe.reward_window(records)
     assert (window["first"], window["last"], window["steps"]) == (2.0, 9.0, 12)
@@ -45,11 +58,20 @@ def _shrunk_config():
     """The default config cut to seconds: tiny model, a few steps, a handful of examples."""
     config = synthetic.get_config()
     overrides = {
-        "model": "qwen2p5_vl_tiny", "data.num_examples": 16,
-        "sft.batch_size": 8, "sft.num_steps": 2, "sft.checkpoint_every": 2,
-        "rl.prompts_per_step": 8, "rl.num_generations": 2, "rl.max_new_tokens": 8,
-        "train.num_steps": 2, "train.checkpoint_every": 2, "train.logprob_chunk": 16,
-        "eval.num_examples": 4, "eval.batch_size": 4, "eval.max_new_tokens": 8,
+        "model": "qwen2p5_vl_tiny",
+        "data.num_examples": 16,
+        "sft.batch_size": 8,
+        "sft.num_steps": 2,
+        "sft.checkpoint_every": 2,
+        "rl.prompts_per_step": 8,
+        "rl.num_generations": 2,
+        "rl.max_new_tokens": 8,
+        "train.num_steps": 2,
+        "train.checkpoint_every": 2,
+        "train.logprob_chunk": 16,
+        "eval.num_examples": 4,
+        "eval.batch_size": 4,
+        "eval.max_new_tokens": 8,
         "eval.gallery_size": 2,
     }
     return recipe.phase_config(config, **overrides)
@@ -69,7 +91,8 @@ def test_recipe_end_to_end_and_resume(tmp_path, capsys):
     assert saved["task"] == "counting" and saved["num_examples"] == 4
     assert set(saved["metrics"]) == {"sft", "grpo"}
     assert saved["delta"]["accuracy"] == pytest.approx(
-        saved["metrics"]["grpo"]["accuracy"] - saved["metrics"]["sft"]["accuracy"])
+        saved["metrics"]["grpo"]["accuracy"] - saved["metrics"]["sft"]["accuracy"]
+    )
     assert saved["train_reward"]["steps"] == 2
     printed = capsys.readouterr().out
     assert "| SFT | validation |" in printed and "| GRPO | validation |" in printed

@@ -1,11 +1,11 @@
 """The rollout engine against HF `generate` and against the sampling distribution itself."""
 
+import hf_models
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import hf_models
 from perception_rl.models import from_pretrained
 from perception_rl.models.qwen_vl.model import default_position_ids
 from perception_rl.parallel import make_mesh
@@ -176,8 +176,9 @@ def test_bf16_sampling_runs(checkpoint):
 def test_token_frequencies_match_filtered_distribution():
     """Many draws from one fixed prompt: the first token's frequencies follow the
     temperature-scaled, top-k/top-p filtered distribution (chi-square, fixed seed)."""
-    from scipy import stats
     from flax import nnx
+    from scipy import stats
+
     from perception_rl.models.qwen_vl import QwenVL, tiny
 
     model = QwenVL(tiny("qwen2_5_vl", vocab_size=64), rngs=nnx.Rngs(0))

@@ -405,17 +405,7 @@ def make_processor(config, model_config, candidates: Sequence) -> Any:
         if (v := option(config, f"data.{k}")) is not None
     }
     processor = Processor.from_pretrained(found, **overrides)
-    if processor.model_type != model_config.family:  # A bare tokenizer directory says qwen2_vl.
-        processor = Processor(
-            processor.tokenizer,
-            processor.image_processor,
-            processor.chat_template,
-            image_token_id=processor.image_token_id,
-            video_token_id=processor.video_token_id,
-            model_type=model_config.family,
-            tokens_per_second=model_config.vision.tokens_per_second,
-        )
-    return processor
+    return processor.with_family(model_config.family, model_config.vision.tokens_per_second)
 
 
 def restore_params(params_dir: pathlib.Path, model_config, dtype) -> Any:

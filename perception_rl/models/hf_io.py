@@ -12,7 +12,7 @@ import json
 import os
 import re
 import struct
-from typing import Callable, Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp

@@ -7,3 +7,5 @@ from perception_rl.parallel.partitioning import (
     spec_for,
     state_shardings,
 )
+
+__all__ = ["AXES", "DEFAULT_RULES", "make_mesh", "sharding_for", "spec_for", "state_shardings"]

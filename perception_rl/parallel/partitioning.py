@@ -8,10 +8,11 @@ for that dimension, so tiny test models and odd vocabularies still place cleanly
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 Rules = Sequence[tuple[str, P]]
 

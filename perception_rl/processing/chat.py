@@ -70,7 +70,9 @@ def validate_conversation(conversation: Conversation, index: int) -> None:
         raise ValueError(f"conversation {index} has no messages")
     for m, message in enumerate(conversation):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise ValueError(f"conversation {index}, message {m}: need a dict with 'role' and 'content'")
+            raise ValueError(
+                f"conversation {index}, message {m}: need a dict with 'role' and 'content'"
+            )
         content = message["content"]
         if isinstance(content, str):
             continue
@@ -83,7 +85,9 @@ def validate_conversation(conversation: Conversation, index: int) -> None:
             )
 
 
-def render_chat(tokenizer, template: str, conversation: Conversation, add_generation_prompt: bool) -> str:
+def render_chat(
+    tokenizer, template: str, conversation: Conversation, add_generation_prompt: bool
+) -> str:
     """Renders one conversation with the chat template (one `<|image_pad|>` per image part)."""
     return tokenizer.apply_chat_template(
         list(conversation),
@@ -93,7 +97,9 @@ def render_chat(tokenizer, template: str, conversation: Conversation, add_genera
     )
 
 
-def expand_image_tokens(ids: np.ndarray, image_token_id: int, tokens_per_image: Sequence[int]) -> np.ndarray:
+def expand_image_tokens(
+    ids: np.ndarray, image_token_id: int, tokens_per_image: Sequence[int]
+) -> np.ndarray:
     """Repeats the n-th image token `tokens_per_image[n]` times.
 
     Args:
@@ -106,7 +112,9 @@ def expand_image_tokens(ids: np.ndarray, image_token_id: int, tokens_per_image: 
     """
     is_image = ids == image_token_id
     if is_image.sum() != len(tokens_per_image):
-        raise ValueError(f"{is_image.sum()} image tokens in the text but {len(tokens_per_image)} images")
+        raise ValueError(
+            f"{is_image.sum()} image tokens in the text but {len(tokens_per_image)} images"
+        )
     repeats = np.ones(len(ids), np.int64)
     repeats[is_image] = tokens_per_image
     return np.repeat(ids, repeats)

@@ -141,7 +141,9 @@ class ImageProcessor:
         if self.min_pixels > self.max_pixels:
             raise ValueError(f"min_pixels {self.min_pixels} exceeds max_pixels {self.max_pixels}")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
-            raise ValueError(f"image_mean/image_std need 3 channels, got {self.image_mean}, {self.image_std}")
+            raise ValueError(
+                f"image_mean/image_std need 3 channels, got {self.image_mean}, {self.image_std}"
+            )
 
     @property
     def factor(self) -> int:
@@ -171,7 +173,13 @@ class ImageProcessor:
             "min_pixels": config.get("min_pixels", size.get("shortest_edge")),
             "max_pixels": config.get("max_pixels", size.get("longest_edge")),
         }
-        for name in ("patch_size", "merge_size", "temporal_patch_size", "rescale_factor", "resample"):
+        for name in (
+            "patch_size",
+            "merge_size",
+            "temporal_patch_size",
+            "rescale_factor",
+            "resample",
+        ):
             kwargs[name] = config.get(name)
         for name in ("image_mean", "image_std"):
             kwargs[name] = tuple(config[name]) if config.get(name) is not None else None
@@ -186,7 +194,9 @@ class ImageProcessor:
             **overrides: Field values that replace the file's (e.g. a smaller `max_pixels`).
         """
         file = pathlib.Path(path) / PREPROCESSOR_CONFIG
-        processor = cls.from_dict(json.loads(file.read_text()), str(file)) if file.exists() else cls()
+        processor = (
+            cls.from_dict(json.loads(file.read_text()), str(file)) if file.exists() else cls()
+        )
         return dataclasses.replace(processor, **overrides)
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:

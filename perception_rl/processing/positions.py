@@ -67,7 +67,9 @@ def get_rope_index(
         attention_mask = np.ones_like(input_ids)
     attention_mask = np.asarray(attention_mask)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}")
+        raise ValueError(
+            f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}"
+        )
 
     batch, length = input_ids.shape
     rows, cols = np.nonzero(attention_mask)  # row-major: the order HF consumes grids in
@@ -131,7 +133,11 @@ def _video_time_intervals(
     """Qwen2.5-VL temporal position step per run: tokens_per_second * seconds for videos, else 1."""
     is_video = runs.kind == _VIDEO
     n_videos = int(is_video.sum())
-    seconds = np.ones(n_videos) if second_per_grid_ts is None else np.asarray(second_per_grid_ts, np.float64)
+    seconds = (
+        np.ones(n_videos)
+        if second_per_grid_ts is None
+        else np.asarray(second_per_grid_ts, np.float64)
+    )
     if len(seconds) < n_videos:
         raise ValueError(f"{n_videos} videos but {len(seconds)} second_per_grid_ts values")
     interval = np.ones(len(runs.first), np.float32)
@@ -140,7 +146,9 @@ def _video_time_intervals(
     return interval
 
 
-def _token_positions(runs: _Runs, grids: np.ndarray, interval: np.ndarray, batch: int) -> np.ndarray:
+def _token_positions(
+    runs: _Runs, grids: np.ndarray, interval: np.ndarray, batch: int
+) -> np.ndarray:
     """`[3, n_tokens]` positions: run start counter plus the token's offset inside its run."""
     # Counter at each run start: exclusive cumsum of advances, restarted on every row.
     is_vision = runs.kind != _TEXT
@@ -173,7 +181,9 @@ def _assign_grids(
     if grid_thw.ndim != 2 or grid_thw.shape[1] != 3:
         raise ValueError(f"{name}_grid_thw must be [n, 3], got shape {grid_thw.shape}")
     if is_run.sum() != len(grid_thw):
-        raise ValueError(f"found {is_run.sum()} {name} token runs in input_ids but {len(grid_thw)} {name} grids")
+        raise ValueError(
+            f"found {is_run.sum()} {name} token runs in input_ids but {len(grid_thw)} {name} grids"
+        )
     if (grid_thw[:, 1:] % spatial_merge_size).any():
         raise ValueError(
             f"{name} grid h and w must be multiples of spatial_merge_size={spatial_merge_size}, "
@@ -182,7 +192,9 @@ def _assign_grids(
     grids[is_run] = grid_thw // np.array([1, spatial_merge_size, spatial_merge_size])
 
 
-def decode_positions(attention_mask: np.ndarray, rope_deltas: np.ndarray, num_steps: int) -> np.ndarray:
+def decode_positions(
+    attention_mask: np.ndarray, rope_deltas: np.ndarray, num_steps: int
+) -> np.ndarray:
     """Positions of the tokens generated after a prompt (equal on all three M-RoPE axes).
 
     Args:
@@ -194,4 +206,6 @@ def decode_positions(attention_mask: np.ndarray, rope_deltas: np.ndarray, num_st
         int32 `[B, num_steps]`: token k of row b sits at `n_valid[b] + k + rope_deltas[b]`.
     """
     n_valid = np.asarray(attention_mask).sum(axis=-1)
-    return (n_valid[:, None] + np.arange(num_steps) + np.asarray(rope_deltas)[:, None]).astype(np.int32)
+    return (n_valid[:, None] + np.arange(num_steps) + np.asarray(rope_deltas)[:, None]).astype(
+        np.int32
+    )

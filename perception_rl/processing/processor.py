@@ -85,14 +85,18 @@ class Processor:
         }
         for token, token_id in zip((IMAGE_TOKEN, VIDEO_TOKEN), token_ids.values()):
             if token_id is None or token_id == tokenizer.unk_token_id:
-                raise ValueError(f"{path}: the tokenizer has no {token} token (not a Qwen-VL tokenizer?)")
+                raise ValueError(
+                    f"{path}: the tokenizer has no {token} token (not a Qwen-VL tokenizer?)"
+                )
         model_type, tokens_per_second = "qwen2_vl", 2
         config_file = path / MODEL_CONFIG
         if config_file.exists():
             config = json.loads(config_file.read_text())
             model_type = config.get("model_type")
             if model_type not in MODEL_TYPES:
-                raise ValueError(f"{config_file}: model_type {model_type!r} is not one of {MODEL_TYPES}")
+                raise ValueError(
+                    f"{config_file}: model_type {model_type!r} is not one of {MODEL_TYPES}"
+                )
             _check_token_ids(config, token_ids, config_file)
             _check_vision_sizes(config.get("vision_config", {}), image_processor, config_file)
             tokens_per_second = config.get("vision_config", {}).get("tokens_per_second", 2)
@@ -105,9 +109,28 @@ class Processor:
             **token_ids,
         )
 
-    def apply_chat_template(self, conversation: chat.Conversation, add_generation_prompt: bool = True) -> str:
+    def with_family(self, model_type: str, tokens_per_second: float) -> Processor:
+        """This processor for a model of `model_type` (a bare tokenizer directory, with no
+        config.json, loads as "qwen2_vl"); itself when it already matches."""
+        if model_type == self.model_type and tokens_per_second == self.tokens_per_second:
+            return self
+        return Processor(
+            self.tokenizer,
+            self.image_processor,
+            self.chat_template,
+            image_token_id=self.image_token_id,
+            video_token_id=self.video_token_id,
+            model_type=model_type,
+            tokens_per_second=tokens_per_second,
+        )
+
+    def apply_chat_template(
+        self, conversation: chat.Conversation, add_generation_prompt: bool = True
+    ) -> str:
         """The prompt text of one conversation (a single `<|image_pad|>` per image)."""
-        return chat.render_chat(self.tokenizer, self.chat_template, conversation, add_generation_prompt)
+        return chat.render_chat(
+            self.tokenizer, self.chat_template, conversation, add_generation_prompt
+        )
 
     def __call__(
         self,
@@ -140,15 +163,22 @@ class Processor:
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
         if isinstance(conversations, (str, dict)) or not conversations:
-            raise ValueError("conversations must be a non-empty list of conversations (message lists)")
+            raise ValueError(
+                "conversations must be a non-empty list of conversations (message lists)"
+            )
         for index, conversation in enumerate(conversations):
             chat.validate_conversation(conversation, index)
         images = _per_conversation_images(images, len(conversations))
 
         texts = [self.apply_chat_template(c, add_generation_prompt) for c in conversations]
-        rows = [np.asarray(r, np.int64) for r in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        rows = [
+            np.asarray(r, np.int64)
+            for r in self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ]
         self._check_vision_parts(rows, images)
-        pixel_values, image_grid_thw = self.image_processor([img for imgs in images for img in imgs])
+        pixel_values, image_grid_thw = self.image_processor(
+            [img for imgs in images for img in imgs]
+        )
         tokens_per_image = image_grid_thw.prod(axis=-1) // self.image_processor.merge_size**2
         per_row = np.split(tokens_per_image, np.cumsum([len(imgs) for imgs in images])[:-1])
         rows = [chat.expand_image_tokens(r, self.image_token_id, n) for r, n in zip(rows, per_row)]
@@ -192,7 +222,9 @@ class Processor:
                 )
 
 
-def pad_rows(rows: Sequence[np.ndarray], pad_id: int, padding_side: str) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(
+    rows: Sequence[np.ndarray], pad_id: int, padding_side: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Stacks 1-D id rows into `(ids int32 [B, L], mask int32 [B, L])`, padding on one side."""
     lengths = np.array([len(r) for r in rows])
     column = np.arange(lengths.max(initial=0))
@@ -209,7 +241,9 @@ def _per_conversation_images(images, n_conversations: int) -> list[list[Image.Im
     if images is None:
         return [[] for _ in range(n_conversations)]
     if len(images) != n_conversations:
-        raise ValueError(f"{n_conversations} conversations but {len(images)} image lists (need one per conversation)")
+        raise ValueError(
+            f"{n_conversations} conversations but {len(images)} image lists (need one per conversation)"
+        )
     out = []
     for index, row in enumerate(images):
         row = [] if row is None else row
@@ -223,10 +257,14 @@ def _check_token_ids(config: dict, token_ids: dict[str, int], source: pathlib.Pa
     """The tokenizer's `<|image_pad|>` / `<|video_pad|>` ids must be the model's."""
     for name, tokenizer_id in token_ids.items():
         if name in config and config[name] != tokenizer_id:
-            raise ValueError(f"{source}: {name}={config[name]} but the tokenizer gives id {tokenizer_id}")
+            raise ValueError(
+                f"{source}: {name}={config[name]} but the tokenizer gives id {tokenizer_id}"
+            )
 
 
-def _check_vision_sizes(vision: dict, image_processor: ImageProcessor, source: pathlib.Path) -> None:
+def _check_vision_sizes(
+    vision: dict, image_processor: ImageProcessor, source: pathlib.Path
+) -> None:
     """Patch and merge sizes in config.json must match preprocessor_config.json."""
     pairs = {
         "spatial_merge_size": image_processor.merge_size,

@@ -139,8 +139,16 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike) -> pathlib.Path:
     Returns:
         The output directory.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tokenizer = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
@@ -162,7 +170,9 @@ def build_tiny_tokenizer(out_dir: str | os.PathLike) -> pathlib.Path:
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
     for token, token_id in SPECIAL_TOKEN_IDS.items():
         if tokenizer.token_to_id(token) != token_id:
-            raise RuntimeError(f"special token {token} got id {tokenizer.token_to_id(token)}, want {token_id}")
+            raise RuntimeError(
+                f"special token {token} got id {tokenizer.token_to_id(token)}, want {token_id}"
+            )
 
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ Every phase is skipped when its output exists (a policy export, a metrics.json),
 training phases resume from their checkpoints, so re-running with the same workdir finishes
 an interrupted job without redoing work.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,16 +64,19 @@ def train_phase(config, workdir: str, phase: str) -> dict | None:
         return None
     if phase == "sft":
         from perception_rl.rl import sft
+
         summary = sft.train(config, os.path.join(workdir, phase))
     else:
         from perception_rl.rl import trainer
+
         # The SFT export carries weights, architecture and tokenizer; the trainer freezes the
         # policy it loads as the KL reference, so the reference is the SFT policy.
         start = phase_config(config, model=_policy_dir(workdir, "sft"), tokenizer=None)
         summary = trainer.train(start, os.path.join(workdir, phase))
     if not summary.get("stopped") and not _exported(out):
-        raise RuntimeError(f"{phase} finished at step {summary.get('step')} without exporting "
-                           f"{out}.")
+        raise RuntimeError(
+            f"{phase} finished at step {summary.get('step')} without exporting {out}."
+        )
     return summary
 
 
@@ -81,9 +85,14 @@ def eval_phase(config, workdir: str, phase: str) -> dict:
     path = os.path.join(workdir, "eval", phase, "metrics.json")
     if not os.path.isfile(path):
         from perception_rl.eval import runner
+
         policy = _policy_dir(workdir, phase)
-        runner.evaluate(phase_config(config, model=policy, checkpoint=policy, tokenizer=None,
-                                     **{"eval.name": phase}), workdir)
+        runner.evaluate(
+            phase_config(
+                config, model=policy, checkpoint=policy, tokenizer=None, **{"eval.name": phase}
+            ),
+            workdir,
+        )
     with open(path) as f:
         return json.load(f)
 
@@ -107,6 +116,7 @@ def run(config, workdir: str) -> dict:
         results[phase] = eval_phase(config, workdir, phase)
         timings[f"{phase}_eval_s"] = time.perf_counter() - began
     from perception_rl.rl import report
+
     summary = before_after(config, workdir, results, timings)
     report.write(workdir, summary, config.eval.get("split") or "validation")
     return summary
@@ -118,8 +128,12 @@ def reward_window(records: list[dict], key: str = "reward/total/mean") -> dict:
     if not values:
         return {"first": None, "last": None, "steps": 0}
     n = min(_REWARD_WINDOW, len(values))
-    return {"first": float(np.mean(values[:n])), "last": float(np.mean(values[-n:])),
-            "steps": len(values), "window": n}
+    return {
+        "first": float(np.mean(values[:n])),
+        "last": float(np.mean(values[-n:])),
+        "steps": len(values),
+        "window": n,
+    }
 
 
 def before_after(config, workdir: str, results: dict, timings: dict) -> dict[str, Any]:
@@ -139,8 +153,6 @@ def before_after(config, workdir: str, results: dict, timings: dict) -> dict[str
         "metrics": metrics,
         "delta": delta,
         "eval_mean_reward": {p: results[p].get("mean_reward") for p in PHASES},
-        "train_reward": reward_window(read_metrics(grpo_log)) if os.path.exists(grpo_log)
-        else None,
+        "train_reward": reward_window(read_metrics(grpo_log)) if os.path.exists(grpo_log) else None,
         "timings_s": timings,  # this invocation's phases; a skipped phase takes ~0 s
     }
-

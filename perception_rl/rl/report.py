@@ -12,6 +12,7 @@ writes under `<workdir>/report/`:
   before_after.json   the summary (`recipe.before_after`);
   table.md            the task's headline metrics, SFT vs GRPO, as printed.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,14 @@ _SMOOTH = 5  # steps in the moving average drawn over the noisy per-step reward
 
 def reward_series(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{component: (steps, per-step mean)} of every `reward/<component>/mean` key."""
-    names = sorted({key for r in records for key in r
-                    if key.startswith("reward/") and key.endswith("/mean")})
+    names = sorted(
+        {key for r in records for key in r if key.startswith("reward/") and key.endswith("/mean")}
+    )
     series = {}
     for key in names:
         points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         steps, values = (np.array(column, np.float64) for column in zip(*points))
-        series[key[len("reward/"):-len("/mean")]] = (steps, values)
+        series[key[len("reward/") : -len("/mean")]] = (steps, values)
     return series
 
 
@@ -76,9 +78,11 @@ def plot_curves(path: str, grpo_records: list[dict], sft_records: list[dict]) ->
 def format_table(summary: dict, split: str) -> str:
     """The eval runner's table (the task's headline columns, ×100) with SFT, GRPO and Δ."""
     task = get_task(summary["task"])
-    rows = [("SFT", split, summary["metrics"]["sft"]),
-            ("GRPO", split, summary["metrics"]["grpo"]),
-            ("Δ GRPO − SFT", split, summary["delta"])]
+    rows = [
+        ("SFT", split, summary["metrics"]["sft"]),
+        ("GRPO", split, summary["metrics"]["grpo"]),
+        ("Δ GRPO − SFT", split, summary["delta"]),
+    ]
     return runner.format_table(task, rows)
 
 
@@ -90,9 +94,11 @@ def write(workdir: str, summary: dict, split: str) -> str:
     """Writes the report (see module docstring), prints the table, returns the report dir."""
     out = os.path.join(workdir, "report")
     os.makedirs(out, exist_ok=True)
-    plot_curves(os.path.join(out, "reward_curves.png"),
-                _records(os.path.join(workdir, "grpo", "metrics.jsonl")),
-                _records(os.path.join(workdir, "sft", "metrics.jsonl")))
+    plot_curves(
+        os.path.join(out, "reward_curves.png"),
+        _records(os.path.join(workdir, "grpo", "metrics.jsonl")),
+        _records(os.path.join(workdir, "sft", "metrics.jsonl")),
+    )
     for phase, name in (("grpo", "gallery.png"), ("sft", "gallery_sft.png")):
         source = os.path.join(workdir, "eval", phase, "gallery.png")
         if os.path.isfile(source):
@@ -103,11 +109,12 @@ def write(workdir: str, summary: dict, split: str) -> str:
     table = format_table(summary, split)
     reward = summary.get("train_reward") or {}
     if reward.get("first") is not None:
-        table += (f"\n\nGRPO training reward (mean of {reward['window']} steps): "
-                  f"first {reward['first']:.3f} → last {reward['last']:.3f} "
-                  f"over {reward['steps']} steps")
+        table += (
+            f"\n\nGRPO training reward (mean of {reward['window']} steps): "
+            f"first {reward['first']:.3f} → last {reward['last']:.3f} "
+            f"over {reward['steps']} steps"
+        )
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")
-    print(f"\n{summary['task']}: SFT warm start vs GRPO on the held-out split\n{table}",
-          flush=True)
+    print(f"\n{summary['task']}: SFT warm start vs GRPO on the held-out split\n{table}", flush=True)
     return out

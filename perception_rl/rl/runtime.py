@@ -171,17 +171,7 @@ def make_processor(config, tokenizer_dir: str, model_config: QwenVLConfig) -> Pr
         if config.data.get(key) is not None
     }
     processor = Processor.from_pretrained(tokenizer_dir, **overrides)
-    if processor.model_type != model_config.family:  # a bare tokenizer directory says qwen2_vl
-        processor = Processor(
-            processor.tokenizer,
-            processor.image_processor,
-            processor.chat_template,
-            image_token_id=processor.image_token_id,
-            video_token_id=processor.video_token_id,
-            model_type=model_config.family,
-            tokens_per_second=model_config.vision.tokens_per_second,
-        )
-    return processor
+    return processor.with_family(model_config.family, model_config.vision.tokens_per_second)
 
 
 def load_policy(config, mesh: Mesh) -> Policy:

@@ -9,6 +9,7 @@ answered or not, and a detection without a score gets 1.0, as Perception-R1 does
 language model emits none. With constant scores AP / AP50 / AP75 are single-operating-point
 numbers (ties ranked by image id, then output order); AR is unaffected.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,54 +23,72 @@ COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "
 
 
 def coco_metrics(gt: Any, detections: Any) -> dict[str, float]:
-  """COCO bbox AP and AR: pycocotools' `COCOeval(...).stats[:9]` (to within 1e-15).
+    """COCO bbox AP and AR: pycocotools' `COCOeval(...).stats[:9]` (to within 1e-15).
 
-  Args:
-    gt: COCO ground-truth dict (`images`, `annotations`, `categories`); boxes `[x, y, w, h]` in
-      pixels, `iscrowd=1` marks crowd regions, `area` defaults to `w * h`.
-    detections: list of COCO result dicts `{"image_id", "category_id", "bbox": [x, y, w, h],
-      "score"?}` in original-image pixels; `score` defaults to 1.0.
+    Args:
+      gt: COCO ground-truth dict (`images`, `annotations`, `categories`); boxes `[x, y, w, h]` in
+        pixels, `iscrowd=1` marks crowd regions, `area` defaults to `w * h`.
+      detections: list of COCO result dicts `{"image_id", "category_id", "bbox": [x, y, w, h],
+        "score"?}` in original-image pixels; `score` defaults to 1.0.
 
-  Returns:
-    `{name: value}` for `COCO_METRIC_NAMES`, in [0, 1]. A metric that pycocotools reports as -1
-    (no ground truth in its size range) is NaN.
+    Returns:
+      `{name: value}` for `COCO_METRIC_NAMES`, in [0, 1]. A metric that pycocotools reports as -1
+      (no ground truth in its size range) is NaN.
 
-  Raises:
-    RecordError: naming the first malformed ground-truth record, or a detection for an unknown
-      image or category.
-  """
-  from faster_coco_eval import COCO, COCOeval_faster  # Heavy import: only when evaluating.
+    Raises:
+      RecordError: naming the first malformed ground-truth record, or a detection for an unknown
+        image or category.
+    """
+    from faster_coco_eval import COCO, COCOeval_faster  # Heavy import: only when evaluating.
 
-  truth = records.load_ground_truth(gt, with_categories=True)
-  found = records.load_detections(detections, truth, with_categories=True)
-  coco_gt = COCO(_ground_truth_dict(truth))
-  coco_dt = coco_gt.loadRes(_result_dicts(found))
-  evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox")
-  evaluator.params.imgIds = sorted(truth.image_ids.tolist())  # Unanswered images are misses.
-  evaluator.evaluate()
-  evaluator.accumulate()
-  evaluator.summarize()
-  stats = np.asarray(evaluator.stats[:len(COCO_METRIC_NAMES)], np.float64)
-  stats[stats == -1] = np.nan
-  return dict(zip(COCO_METRIC_NAMES, stats.tolist()))
+    truth = records.load_ground_truth(gt, with_categories=True)
+    found = records.load_detections(detections, truth, with_categories=True)
+    coco_gt = COCO(_ground_truth_dict(truth))
+    coco_dt = coco_gt.loadRes(_result_dicts(found))
+    evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox")
+    evaluator.params.imgIds = sorted(truth.image_ids.tolist())  # Unanswered images are misses.
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    stats = np.asarray(evaluator.stats[: len(COCO_METRIC_NAMES)], np.float64)
+    stats[stats == -1] = np.nan
+    return dict(zip(COCO_METRIC_NAMES, stats.tolist()))
 
 
 def _ground_truth_dict(truth: records.GroundTruth) -> dict:
-  """A fresh COCO dict: the evaluator mutates its input, and ids 1..A are safe match markers."""
-  return {
-      "images": [{"id": i} for i in truth.image_ids.tolist()],
-      "categories": [{"id": c} for c in truth.category_ids.tolist()],
-      "annotations": [
-          {"id": k + 1, "image_id": image, "category_id": category, "bbox": box,
-           "area": area, "iscrowd": int(crowd)}
-          for k, (image, category, box, area, crowd) in enumerate(zip(
-              truth.image_id.tolist(), truth.category_id.tolist(), truth.boxes.tolist(),
-              truth.area.tolist(), truth.iscrowd.tolist()))],
-  }
+    """A fresh COCO dict: the evaluator mutates its input, and ids 1..A are safe match markers."""
+    return {
+        "images": [{"id": i} for i in truth.image_ids.tolist()],
+        "categories": [{"id": c} for c in truth.category_ids.tolist()],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": image,
+                "category_id": category,
+                "bbox": box,
+                "area": area,
+                "iscrowd": int(crowd),
+            }
+            for k, (image, category, box, area, crowd) in enumerate(
+                zip(
+                    truth.image_id.tolist(),
+                    truth.category_id.tolist(),
+                    truth.boxes.tolist(),
+                    truth.area.tolist(),
+                    truth.iscrowd.tolist(),
+                )
+            )
+        ],
+    }
 
 
 def _result_dicts(found: records.Detections) -> list[dict]:
-  return [{"image_id": image, "category_id": category, "bbox": box, "score": score}
-          for image, category, box, score in zip(
-              found.image_id.tolist(), found.category_id.tolist(), found.boxes.tolist(),
-              found.scores.tolist())]
+    return [
+        {"image_id": image, "category_id": category, "bbox": box, "score": score}
+        for image, category, box, score in zip(
+            found.image_id.tolist(),
+            found.category_id.tolist(),
+            found.boxes.tolist(),
+            found.scores.tolist(),
+        )
+    ]

@@ -5,6 +5,7 @@ One sample is one referring expression with one predicted and one ground-truth b
 and their arithmetic mean; its script also reports the centre accuracy and the mean IoU
 (seed_spec.md A4, data_eval.md §2.1).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,64 +17,70 @@ _IOU_EPS = 1e-10  # Perception-R1's eval adds this to the union; its reward does
 
 
 def box_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-  """Elementwise IoU of xyxy boxes, as Perception-R1's grounding eval computes it.
+    """Elementwise IoU of xyxy boxes, as Perception-R1's grounding eval computes it.
 
-  Continuous coordinates (no +1 pixel), `inter / (union + 1e-10)`. Disjoint, inverted and
-  unparsed (non-finite) boxes have IoU 0.
+    Continuous coordinates (no +1 pixel), `inter / (union + 1e-10)`. Disjoint, inverted and
+    unparsed (non-finite) boxes have IoU 0.
 
-  Args:
-    pred: [..., 4] predicted boxes.
-    gt: [..., 4] ground-truth boxes, broadcastable against `pred`.
+    Args:
+      pred: [..., 4] predicted boxes.
+      gt: [..., 4] ground-truth boxes, broadcastable against `pred`.
 
-  Returns:
-    [...] IoU.
-  """
-  pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
-  width = np.minimum(pred[..., 2], gt[..., 2]) - np.maximum(pred[..., 0], gt[..., 0])
-  height = np.minimum(pred[..., 3], gt[..., 3]) - np.maximum(pred[..., 1], gt[..., 1])
-  inter = np.maximum(width, 0) * np.maximum(height, 0)
-  area_pred = (pred[..., 2] - pred[..., 0]) * (pred[..., 3] - pred[..., 1])
-  area_gt = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
-  union = area_pred + area_gt - inter + _IOU_EPS
-  # inter > 0 implies both boxes are proper, so the union is positive; NaN compares False.
-  return np.divide(inter, union, out=np.zeros(np.shape(inter)), where=inter > 0)
+    Returns:
+      [...] IoU.
+    """
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    width = np.minimum(pred[..., 2], gt[..., 2]) - np.maximum(pred[..., 0], gt[..., 0])
+    height = np.minimum(pred[..., 3], gt[..., 3]) - np.maximum(pred[..., 1], gt[..., 1])
+    inter = np.maximum(width, 0) * np.maximum(height, 0)
+    area_pred = (pred[..., 2] - pred[..., 0]) * (pred[..., 3] - pred[..., 1])
+    area_gt = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])
+    union = area_pred + area_gt - inter + _IOU_EPS
+    # inter > 0 implies both boxes are proper, so the union is positive; NaN compares False.
+    return np.divide(inter, union, out=np.zeros(np.shape(inter)), where=inter > 0)
 
 
 def centre_inside(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-  """Whether each predicted box's centre lies in its ground-truth box (edges included).
+    """Whether each predicted box's centre lies in its ground-truth box (edges included).
 
-  Args:
-    pred: [..., 4] predicted xyxy boxes; non-finite rows are never inside.
-    gt: [..., 4] ground-truth xyxy boxes.
+    Args:
+      pred: [..., 4] predicted xyxy boxes; non-finite rows are never inside.
+      gt: [..., 4] ground-truth xyxy boxes.
 
-  Returns:
-    [...] bool.
-  """
-  pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
-  cx = (pred[..., 0] + pred[..., 2]) / 2
-  cy = (pred[..., 1] + pred[..., 3]) / 2
-  return (gt[..., 0] <= cx) & (cx <= gt[..., 2]) & (gt[..., 1] <= cy) & (cy <= gt[..., 3])
+    Returns:
+      [...] bool.
+    """
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    cx = (pred[..., 0] + pred[..., 2]) / 2
+    cy = (pred[..., 1] + pred[..., 3]) / 2
+    return (gt[..., 0] <= cx) & (cx <= gt[..., 2]) & (gt[..., 1] <= cy) & (cy <= gt[..., 3])
 
 
-def grounding_metrics(pred: np.ndarray, gt: np.ndarray,
-                      thresholds: Sequence[float] = THRESHOLDS) -> dict[str, float]:
-  """Accuracy at IoU thresholds, their mean, centre accuracy and mean IoU over expressions.
+def grounding_metrics(
+    pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = THRESHOLDS
+) -> dict[str, float]:
+    """Accuracy at IoU thresholds, their mean, centre accuracy and mean IoU over expressions.
 
-  Args:
-    pred: [N, 4] predicted xyxy boxes in original-image pixels; a row of NaN marks an
-      expression whose output did not parse (always wrong).
-    gt: [N, 4] ground-truth xyxy boxes.
-    thresholds: IoU thresholds τ; an expression is correct at τ when IoU ≥ τ.
+    Args:
+      pred: [N, 4] predicted xyxy boxes in original-image pixels; a row of NaN marks an
+        expression whose output did not parse (always wrong).
+      gt: [N, 4] ground-truth xyxy boxes.
+      thresholds: IoU thresholds τ; an expression is correct at τ when IoU ≥ τ.
 
-  Returns:
-    `acc@τ` for each τ (keys formatted like `acc@0.5`), `acc_mean` (their arithmetic mean, the
-    papers' "Avg"), `centre_acc` and `mean_iou`; fractions in [0, 1].
-  """
-  pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
-  if pred.ndim != 2 or pred.shape[-1] != 4 or pred.shape != gt.shape or not len(pred):
-    raise ValueError(f"pred and gt must both be [N, 4] with N > 0, got {pred.shape} and "
-                     f"{gt.shape}.")
-  iou = box_iou(pred, gt)
-  accuracy = {f"acc@{t:g}": float(np.mean(iou >= t)) for t in thresholds}
-  return {**accuracy, "acc_mean": float(np.mean(list(accuracy.values()))),
-          "centre_acc": float(np.mean(centre_inside(pred, gt))), "mean_iou": float(np.mean(iou))}
+    Returns:
+      `acc@τ` for each τ (keys formatted like `acc@0.5`), `acc_mean` (their arithmetic mean, the
+      papers' "Avg"), `centre_acc` and `mean_iou`; fractions in [0, 1].
+    """
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    if pred.ndim != 2 or pred.shape[-1] != 4 or pred.shape != gt.shape or not len(pred):
+        raise ValueError(
+            f"pred and gt must both be [N, 4] with N > 0, got {pred.shape} and {gt.shape}."
+        )
+    iou = box_iou(pred, gt)
+    accuracy = {f"acc@{t:g}": float(np.mean(iou >= t)) for t in thresholds}
+    return {
+        **accuracy,
+        "acc_mean": float(np.mean(list(accuracy.values()))),
+        "centre_acc": float(np.mean(centre_inside(pred, gt))),
+        "mean_iou": float(np.mean(iou)),
+    }

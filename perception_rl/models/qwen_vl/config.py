@@ -90,12 +90,12 @@ class QwenVLConfig:
     def __post_init__(self):
         _validate(self)
 
-    def replace(self, **kw) -> "QwenVLConfig":
+    def replace(self, **kw) -> QwenVLConfig:
         return dataclasses.replace(self, **kw)
 
     # ---------------------------------------------------------------- HF interop
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "QwenVLConfig":
+    def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> QwenVLConfig:
         """Parses an HF config dict (4.x flat or 5.x nested layout)."""
         family = d.get("model_type")
         if family not in FAMILIES:
@@ -163,7 +163,7 @@ class QwenVLConfig:
         )
 
     @classmethod
-    def from_pretrained(cls, path: str) -> "QwenVLConfig":
+    def from_pretrained(cls, path: str) -> QwenVLConfig:
         file = os.path.join(path, "config.json")
         if not os.path.isfile(file):
             raise FileNotFoundError(f"{file}: no config.json in the checkpoint directory.")
@@ -398,8 +398,9 @@ PRESETS = {
     "qwen2_vl_tiny": lambda: tiny("qwen2_vl"),
     "qwen2p5_vl_tiny": lambda: tiny("qwen2_5_vl"),
     # The main job (configs/synthetic.py): wide enough to learn the synthetic tasks on CPU.
-    "qwen2p5_vl_tiny_synthetic": lambda: tiny("qwen2_5_vl", hidden_size=128, num_layers=3,
-                                              vision_width=64),
+    "qwen2p5_vl_tiny_synthetic": lambda: tiny(
+        "qwen2_5_vl", hidden_size=128, num_layers=3, vision_width=64
+    ),
 }
 
 
