@@ -47,6 +47,8 @@ setup(
         "data": ["tensorflow-datasets>=4.9.10", "array-record>=0.8", "importlib_resources>=6"],
         # METEOR and Chinese segmentation for PageOCR evaluation.
         "ocr": ["nltk>=3.9", "jieba>=0.42"],
+        # Bit-exact COCO numbers: coco_metrics(..., backend="pycocotools").
+        "coco": ["pycocotools>=2.0.8"],
         # The peer of benchmarks/grpo_step.py.
         "bench": ["trl>=1.16", "torch==2.13.0"],
     },

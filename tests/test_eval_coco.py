@@ -100,6 +100,23 @@ def test_matches_pycocotools(seed, constant_scores):
     )
 
 
+@pytest.mark.parametrize("constant_scores", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_pycocotools_backend_is_bit_exact(seed, constant_scores):
+    gt, detections = _generate(seed, constant_scores=constant_scores)
+    exact = coco_metrics(gt, detections, backend="pycocotools")
+    np.testing.assert_array_equal(list(exact.values()), _pycocotools(gt, detections))
+
+
+def test_backends_agree_without_detections():
+    gt, _ = _generate(7)
+    fast, exact = (coco_metrics(gt, [], backend=b) for b in ("faster_coco_eval", "pycocotools"))
+    np.testing.assert_array_equal(list(fast.values()), list(exact.values()))
+    assert exact["AP"] == 0.0
+    with pytest.raises(ValueError, match="backend"):
+        coco_metrics(gt, [], backend="detectron")
+
+
 def test_missing_score_counts_as_one():
     gt, detections = _generate(5, constant_scores=True)
     without = [{k: v for k, v in d.items() if k != "score"} for d in detections]

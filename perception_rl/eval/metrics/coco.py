@@ -1,8 +1,10 @@
-"""COCO box AP / AR through faster-coco-eval, which gives pycocotools' numbers ~10x faster.
+"""COCO box AP / AR through faster-coco-eval (default) or pycocotools (bit-exact).
 
-faster-coco-eval matches pycocotools detection for detection; its only difference is that it
-computes precision as tp / (tp + fp) where pycocotools divides by tp + fp + 2.2e-16, so a
-summary number can differ in its last bit (≤ 1e-15), never in any printed digit.
+faster-coco-eval matches pycocotools detection for detection, ~10x faster; its only difference is
+that it computes precision as tp / (tp + fp) where pycocotools divides by tp + fp + 2.2e-16, so a
+summary number can differ in its last bit (≤ 1e-15), never in any printed digit. For numbers
+that must equal pycocotools' to the bit (a paper table), pass `backend="pycocotools"` (an
+optional dependency: `pip install pycocotools`).
 
 Evaluation protocol (DESIGN.md §3, data_eval.md §2.4): every ground-truth image is evaluated,
 answered or not, and a detection without a score gets 1.0, as Perception-R1 does, since a
@@ -12,6 +14,8 @@ numbers (ties ranked by image id, then output order); AR is unaffected.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import numpy as np
@@ -22,14 +26,19 @@ from perception_rl.eval.metrics import records
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 
 
-def coco_metrics(gt: Any, detections: Any) -> dict[str, float]:
-    """COCO bbox AP and AR: pycocotools' `COCOeval(...).stats[:9]` (to within 1e-15).
+BACKENDS = ("faster_coco_eval", "pycocotools")
+
+
+def coco_metrics(gt: Any, detections: Any, backend: str = "faster_coco_eval") -> dict[str, float]:
+    """COCO bbox AP and AR: pycocotools' `COCOeval(...).stats[:9]` (to within 1e-15, or exactly
+    with `backend="pycocotools"`).
 
     Args:
       gt: COCO ground-truth dict (`images`, `annotations`, `categories`); boxes `[x, y, w, h]` in
         pixels, `iscrowd=1` marks crowd regions, `area` defaults to `w * h`.
       detections: list of COCO result dicts `{"image_id", "category_id", "bbox": [x, y, w, h],
         "score"?}` in original-image pixels; `score` defaults to 1.0.
+      backend: "faster_coco_eval" or "pycocotools".
 
     Returns:
       `{name: value}` for `COCO_METRIC_NAMES`, in [0, 1]. A metric that pycocotools reports as -1
@@ -39,20 +48,48 @@ def coco_metrics(gt: Any, detections: Any) -> dict[str, float]:
       RecordError: naming the first malformed ground-truth record, or a detection for an unknown
         image or category.
     """
-    from faster_coco_eval import COCO, COCOeval_faster  # Heavy import: only when evaluating.
-
+    if backend not in BACKENDS:
+        raise ValueError(f"coco_metrics: backend {backend!r}; expected one of {BACKENDS}.")
     truth = records.load_ground_truth(gt, with_categories=True)
     found = records.load_detections(detections, truth, with_categories=True)
-    coco_gt = COCO(_ground_truth_dict(truth))
-    coco_dt = coco_gt.loadRes(_result_dicts(found))
-    evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="bbox")
-    evaluator.params.imgIds = sorted(truth.image_ids.tolist())  # Unanswered images are misses.
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
+    evaluate = _faster_coco_eval if backend == "faster_coco_eval" else _pycocotools
+    evaluator = evaluate(_ground_truth_dict(truth), _result_dicts(found), truth.image_ids)
     stats = np.asarray(evaluator.stats[: len(COCO_METRIC_NAMES)], np.float64)
     stats[stats == -1] = np.nan
     return dict(zip(COCO_METRIC_NAMES, stats.tolist()))
+
+
+def _faster_coco_eval(gt: dict, results: list[dict], image_ids: np.ndarray):
+    from faster_coco_eval import COCO, COCOeval_faster  # Heavy import: only when evaluating.
+
+    coco_gt = COCO(gt)
+    evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(results), iouType="bbox")
+    return _run(evaluator, image_ids)
+
+
+def _pycocotools(gt: dict, results: list[dict], image_ids: np.ndarray):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # pycocotools' loadRes indexes the first result
+            coco_dt = COCO()
+            coco_dt.dataset = {**gt, "annotations": []}
+            coco_dt.createIndex()
+        return _run(COCOeval(coco_gt, coco_dt, "bbox"), image_ids)
+
+
+def _run(evaluator, image_ids: np.ndarray):
+    evaluator.params.imgIds = sorted(image_ids.tolist())  # Unanswered images are misses.
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return evaluator
 
 
 def _ground_truth_dict(truth: records.GroundTruth) -> dict:
