@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seed = 0  # shuffle seed (and synthetic generator seed)
     c.data.synthetic = ml_collections.ConfigDict()  # SyntheticConfig field overrides
     c.data.tfds_config = config_dict.placeholder(str)
+    c.data.source_dir = config_dict.placeholder(str)  # eval runner's data.source="jsonl"
     c.data.data_dir = "~/tensorflow_datasets"
     c.data.min_pixels = config_dict.placeholder(int)
     c.data.max_pixels = 1_000_000  # every PR1 training script
@@ -99,5 +100,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.max_new_tokens = 256
     c.eval.name = config_dict.placeholder(str)
     c.eval.step = config_dict.placeholder(int)
+    c.eval.predictions_file = config_dict.placeholder(str)  # re-score it; no model is loaded
     c.eval.gallery_size = 4
     return c

@@ -1,7 +1,7 @@
 """Command line: GRPO training, SFT and evaluation from one ml_collections config.
 
     python -m perception_rl.main --config=configs/smoke.py --workdir=/tmp/run \\
-        [--mode=train|sft|eval] [--config.key=value ...]
+        [--mode=train|sft|eval|recipe] [--config.key=value ...]
 
 `train` runs GRPO (`perception_rl.rl.trainer.train`), `sft` supervised fine-tuning
 (`perception_rl.rl.sft.train`), `eval` the evaluation runner
