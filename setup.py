@@ -22,6 +22,8 @@ setup(
         "safetensors>=0.4",
         # Used without torch: tokenizers, chat templates and config parsing only.
         "transformers>=5.0",
+        # transformers renders chat templates with jinja2 but does not depend on it.
+        "jinja2>=3.1",
         "rapidfuzz>=3.9",
         "faster-coco-eval>=1.6",
         "grain>=0.2.18",

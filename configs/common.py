@@ -84,6 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.logprob_chunk = 256  # sequence positions per LM-head chunk
     c.train.checkpoint_every = 100  # PR1's save interval
     c.train.keep_checkpoints = 2
+    # After SIGTERM the run finishes its step and checkpoints; past this many seconds it exits
+    # at once (status 75) from the last checkpoint. A second SIGTERM exits at once too.
+    c.train.stop_grace_s = 120.0
 
     c.sft = ml_collections.ConfigDict()
     c.sft.batch_size = 16

@@ -12,18 +12,26 @@ experiments/local_two_process.sh), or inside a SLURM job or on a multi-host TPU 
 process calls `jax.distributed.initialize` before touching a device; all processes run the same
 command and share the workdir.
 
-A config that cannot run (unknown key, value of the wrong type, a mesh that does not divide the
-devices, an unknown task, ...) exits with status 2 after one line on stderr.
+Exit statuses (README "Errors"): 0 the mode finished; 2 an anticipated error, printed as one
+line on stderr naming the file, field or value (a config that cannot run, a workdir that is a
+file or not writable, a missing checkpoint, data that does not match the task, a full disk or
+an unreadable checkpoint); 75 stopped by SIGTERM after checkpointing (rerun to resume); anything
+else is a bug and keeps its traceback (as does every error with PERCEPTION_RL_TRACEBACK=1).
 """
 
 from __future__ import annotations
 
+import errno
+import logging as std_logging
 import os
 import re
 import sys
+import uuid
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from perception_rl import errors
 
 MODES = ("train", "sft", "eval", "recipe")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -37,13 +45,59 @@ _MODE = flags.DEFINE_enum(
     "train (GRPO), sft, eval or recipe (SFT, GRPO, "
     "evals, report); default: config.mode, else train.",
 )
-EXIT_CONFIG_ERROR = 2
+EXIT_CONFIG_ERROR = errors.EXIT_USAGE
+
+
+def fail(message: object, kind: str = "config") -> None:
+    """Prints `perception_rl.main: <kind> error: <message>` as one line; exits EXIT_USAGE."""
+    print(f"perception_rl.main: {kind} error: {errors.one_line(message)}", file=sys.stderr)
+    sys.exit(errors.EXIT_USAGE)
 
 
 def config_error(message: str) -> None:
-    """Prints one line and exits with EXIT_CONFIG_ERROR."""
-    print(f"perception_rl.main: config error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG_ERROR)
+    fail(message, "config")
+
+
+def _kind(error: errors.UsageError) -> str:
+    for kind, cls in (
+        ("config", errors.ConfigError),
+        ("data", errors.DataError),
+        ("checkpoint", errors.CheckpointError),
+    ):
+        if isinstance(error, cls):
+            return kind
+    return "usage"
+
+
+def describe_os_error(error: OSError) -> str:
+    """'<file>: <reason>' for an OSError (a missing path, permissions, a full disk)."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        reason += " (free space or point --workdir elsewhere)"
+    names = [n for n in (error.filename, error.filename2) if n is not None]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else reason
+
+
+def prepare_workdir(workdir: str) -> None:
+    """Creates `workdir`; fails with one line when it is a file or cannot be written."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        fail(f"--workdir={workdir} exists and is not a directory.", "usage")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        # os.access says yes to root on a read-only mount: only a real write tells.
+        probe = os.path.join(workdir, f".write_probe_{uuid.uuid4().hex}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        fail(f"--workdir={workdir} is not writable: {describe_os_error(e)}", "usage")
+
+
+class _OrbaxErrorFilter(std_logging.Filter):
+    """Drops orbax's background-thread error logs: a failed save is re-raised as one line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not ("orbax" in record.pathname and record.levelno >= std_logging.ERROR)
 
 
 def _override_key(argv: list[str], missing: str) -> str:
@@ -125,19 +179,34 @@ def main(argv: list[str]) -> None:
         config_error(f"--config: {e}")
     if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
         logging.set_verbosity(logging.WARNING)
-    from perception_rl.rl.runtime import ConfigError
-
-    initialize_distributed()
-    try:
-        mode = _MODE.value if flags.FLAGS["mode"].present else config.get("mode", _MODE.value)
-        summary = run(mode, config, _WORKDIR.value)
-    except ConfigError as e:
-        config_error(str(e))
+        std_logging.getLogger("absl").addFilter(_OrbaxErrorFilter())
+    summary = _run_reporting_errors(config, _WORKDIR.value)
     if isinstance(summary, dict) and summary.get("stopped"):
         print(
-            f"perception_rl.main: stopped by SIGTERM after step {summary['step']} (checkpointed)",
+            f"perception_rl.main: stopped by SIGTERM after step {summary['step']} (checkpointed;"
+            f" rerun the same command to resume), exit status {errors.EXIT_INTERRUPTED}",
             file=sys.stderr,
         )
+        sys.exit(errors.EXIT_INTERRUPTED)
+
+
+def _run_reporting_errors(config, workdir: str):
+    """`run` with the error contract of the module docstring."""
+    try:
+        mode = _MODE.value if flags.FLAGS["mode"].present else config.get("mode", _MODE.value)
+        if mode not in MODES:
+            raise errors.ConfigError(f"mode={mode!r}; expected one of {', '.join(MODES)}.")
+        prepare_workdir(workdir)
+        initialize_distributed()
+        return run(mode, config, workdir)
+    except errors.UsageError as e:
+        if os.environ.get("PERCEPTION_RL_TRACEBACK"):
+            raise
+        fail(e, _kind(e))
+    except OSError as e:  # the environment: missing or unwritable files, a full disk
+        if os.environ.get("PERCEPTION_RL_TRACEBACK"):
+            raise
+        fail(describe_os_error(e), "usage")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from PIL import Image
 from perception_rl import rewards
 from perception_rl.data import synthetic
 from perception_rl.data.tasks import FAMILIES, TASKS, ImageGeometry, get_task
+from perception_rl.errors import CheckpointError, DataError
 from perception_rl.eval import RecordError, runner
 from perception_rl.models import QwenVL, save_pretrained
 from perception_rl.models.qwen_vl import tiny
@@ -130,7 +131,7 @@ def test_orbax_restore_picks_the_step_and_reads_pure_dicts(checkpoint, tmp_path)
     assert runner.orbax_params_dir(tmp_path) == tmp_path / "12" / "params"
     assert runner.orbax_params_dir(tmp_path, 7) == tmp_path / "7" / "params"
     assert runner.orbax_params_dir(tmp_path / "7") == tmp_path / "7" / "params"
-    with pytest.raises(FileNotFoundError, match="steps: \\[7, 12\\]"):
+    with pytest.raises(CheckpointError, match="eval.step=8: .* steps: \\[7, 12\\]"):
         runner.orbax_params_dir(tmp_path, 8)
     for step, expected in ((7, state), (12, shifted)):
         restored = runner.restore_params(tmp_path / str(step) / "params", model.config, np.float32)
@@ -233,7 +234,7 @@ def test_predictions_for_unknown_or_missing_images_fail_naming_the_record(tmp_pa
         )
 
     assert rescore("\n".join(lines)).metrics == {"accuracy": 0.0}
-    unknown = lines[:2] + [json.dumps({"image_id": 99, "prediction": {}})]
+    unknown = lines[:2] + [json.dumps({"image_id": 99, "prediction": {"boxes": []}})]
     with pytest.raises(RecordError, match="record 3 .*image_id 99 is not in the split"):
         rescore("\n".join(unknown))
     with pytest.raises(RecordError, match="line 2: not JSON"):
@@ -242,8 +243,38 @@ def test_predictions_for_unknown_or_missing_images_fail_naming_the_record(tmp_pa
         rescore("\n".join(lines + lines[1:2]))
     with pytest.raises(RecordError, match="No prediction for image_id 2"):
         rescore("\n".join(lines[:2]))
-    with pytest.raises(RecordError, match="line 1 .*'prediction' object"):
+    with pytest.raises(RecordError, match="line 1: 'prediction' must be an object"):
         rescore(json.dumps({"image_id": 0, "boxes": []}))
+
+
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ({"image_id": 1, "prediction": {"boxes": "xxx"}}, "field 'boxes' must be a list"),
+        ({"image_id": 1, "prediction": {}}, "lacks ['boxes']"),
+        ({"image_id": 1, "prediction": {"boxes": [[1, 2, 3]]}}, "bad element [1, 2, 3]"),
+        ({"image_id": 1, "prediction": {"boxes": [[1, 2, 3, True]]}}, "4 finite numbers"),
+        ({"image_id": "1", "prediction": {"boxes": []}}, "'image_id' must be an integer"),
+        ({"image_id": 1, "prediction": {"boxes": [], "count": -1}}, "non-negative integer"),
+    ],
+    ids=["string-boxes", "empty", "short-box", "bool", "string-id", "count"],
+)
+def test_predictions_of_the_wrong_type_fail_naming_file_line_and_field(tmp_path, bad_line, message):
+    good = [json.dumps({"image_id": i, "prediction": {"boxes": []}}) for i in (0, 2)]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("\n".join([good[0], json.dumps(bad_line), good[1]]))
+    config = make_config(**{"eval.num_examples": 3, "eval.predictions_file": str(path)})
+    with pytest.raises(RecordError) as error:
+        runner.evaluate(config, tmp_path)
+    assert f"{path} line 2: " in str(error.value) and message in str(error.value)
+
+
+def test_binary_predictions_file_fails_naming_file_and_line(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_bytes(b'{"image_id": 0, "prediction": {"boxes": []}}\n\x89PNG\r\n\x1a\n\xff\xfe')
+    config = make_config(**{"eval.num_examples": 3, "eval.predictions_file": str(path)})
+    with pytest.raises(RecordError, match=f"{path} line 2: not UTF-8"):
+        runner.evaluate(config, tmp_path)
 
 
 def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
@@ -284,3 +315,44 @@ def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
         with pytest.raises(RecordError) as error:
             opens(good, bad)
         assert where in str(error.value) and problem in str(error.value)
+
+
+def test_truncated_image_names_its_file_and_keeps_the_decoded_predictions(
+    checkpoint, tmp_path, monkeypatch
+):
+    _, hf_dir = checkpoint
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = []
+    for i in range(6):
+        Image.new("RGB", (56, 56), (40 * i, 90, 200)).save(data / f"{i}.png")
+        lines.append(
+            json.dumps(
+                {"image_id": i, "image": f"{i}.png", "query": "dots", "boxes": [[4, 4, 20, 20]]}
+            )
+        )
+    (data / "val.jsonl").write_text("\n".join(lines))
+    whole = (data / "5.png").read_bytes()
+    (data / "5.png").write_bytes(whole[: len(whole) // 2])  # the header survives
+    config = make_config(
+        checkpoint=str(hf_dir), **{"data.source": "jsonl", "data.source_dir": str(data)}
+    )
+    decoded = []
+    decode = runner._decode_batch
+    monkeypatch.setattr(
+        runner, "_decode_batch", lambda *a, **k: decoded.append(a[3]) or decode(*a, **k)
+    )
+    with pytest.raises(DataError, match=f"{data / '5.png'} \\(image of .*val.jsonl line 6"):
+        runner.evaluate(config, tmp_path)
+    out = tmp_path / "eval" / "val"
+    kept = (out / "predictions.partial.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in kept] == [0, 1, 2, 3]
+
+    (data / "5.png").write_bytes(whole)
+    decoded.clear()
+    result = runner.evaluate(config, tmp_path)
+    assert decoded == [[4, 5]]  # the first batch came from the partial file
+    assert [r["image_id"] for r in runner.read_predictions(result.predictions_path)] == list(
+        range(6)
+    )
+    assert not (out / "predictions.partial.jsonl").exists()

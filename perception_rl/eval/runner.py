@@ -59,8 +59,21 @@ import numpy as np
 from PIL import Image
 
 from perception_rl.data import synthetic
-from perception_rl.data.tasks import ImageGeometry, Task, get_task
+from perception_rl.data.tasks import (
+    ImageGeometry,
+    Task,
+    check_source,
+    reward_options,
+    task_from_config,
+)
+from perception_rl.errors import CheckpointError, ConfigError, DataError, require_at_least
 from perception_rl.eval.metrics.records import RecordError
+from perception_rl.eval.predictions import (
+    PartialPredictions,
+    json_safe,
+    read_predictions,
+    write_jsonl,
+)
 
 Example = dict[str, Any]
 Record = dict[str, Any]
@@ -89,17 +102,18 @@ def evaluate(
     """Evaluates `config.checkpoint` on `config.eval.split` (see the module docstring).
 
     Raises:
-      RecordError: a malformed ground-truth record or a prediction for an unknown image id,
-        naming the record.
-      ValueError / FileNotFoundError: an unusable config or checkpoint.
+      RecordError / DataError: a malformed ground-truth or prediction record, an unreadable
+        image, a prediction for an unknown image id, data of another task; naming the record.
+      ConfigError / CheckpointError: an unusable config or checkpoint.
     """
-    task = get_task(option(config, "task"))
+    require_at_least(config, 1, "eval.batch_size", "eval.max_new_tokens", "eval.num_examples")
+    task = task_from_config(config)
     split = option(config, "eval.split", "validation")
     source = make_source(config, task, split)
-    _check_task(source, task)
+    check_source(source, task, f"eval data ({option(config, 'data.source', 'synthetic')}, {split})")
     out = pathlib.Path(workdir) / "eval" / str(option(config, "eval.name") or split)
     out.mkdir(parents=True, exist_ok=True)
-    records, examples, family = _predictions(config, task, source, load_policy)
+    records, examples, family = _predictions(config, task, source, load_policy, out)
     write_jsonl(out / "predictions.jsonl", records)  # First: decoding is the costly part.
     metrics = score_predictions(task, records, examples)
     label = str(option(config, "eval.name") or checkpoint_name(config))
@@ -113,7 +127,7 @@ def evaluate(
         "metrics": metrics,
         "mean_reward": _mean_reward(records),
     }
-    (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     (out / "table.md").write_text(table + "\n")
     positions = {e["image_id"]: i for i, e in enumerate(examples)}
     gallery_size = option(config, "eval.gallery_size", 4)
@@ -122,14 +136,17 @@ def evaluate(
     return EvalResult(metrics, table, out, out / "predictions.jsonl", out / "metrics.json", gallery)
 
 
-def _predictions(config, task: Task, source, load_policy) -> tuple[list, list, str | None]:
+def _predictions(
+    config, task: Task, source, load_policy, out: pathlib.Path
+) -> tuple[list, list, str | None]:
     """(records, annotations, family): decoded, or read from `eval.predictions_file`."""
     predictions_file = option(config, "eval.predictions_file")
     if predictions_file:
-        examples = [annotation(source[i]) for i in range(len(source))]
-        return read_predictions(predictions_file), examples, None
+        records = read_predictions(predictions_file, task.prediction_keys)
+        return records, [annotation(source[i]) for i in range(len(source))], None
     model, processor = (load_policy or load_checkpoint)(config)
     family = model.config.family
+    partial = PartialPredictions(out / "predictions.partial.jsonl", _settings(config, family))
     records, examples = predict(
         task,
         model,
@@ -138,8 +155,29 @@ def _predictions(config, task: Task, source, load_policy) -> tuple[list, list, s
         family,
         batch_size=option(config, "eval.batch_size", 8),
         max_new_tokens=option(config, "eval.max_new_tokens", 256),
+        reward_overrides=_mapping(option(config, "reward")),
+        partial=partial,
     )
+    partial.finish()
     return records, examples, family
+
+
+def _mapping(value) -> dict:
+    if value is None:
+        return {}
+    return dict(value.to_dict() if hasattr(value, "to_dict") else value)
+
+
+def _settings(config, family: str) -> dict:
+    """What the decoded records depend on: a partial file written under other settings is not
+    continued."""
+    keys = ("task", "checkpoint", "model", "dtype", "eval.step", "eval.split", "eval.num_examples")
+    keys += ("eval.batch_size", "eval.max_new_tokens", "data.source", "data.tfds_config")
+    keys += ("data.source_dir", "data.seed", "data.min_pixels", "data.max_pixels")
+    settings = {key: option(config, key) for key in keys}
+    for section in ("task_options", "reward", "data.synthetic"):
+        settings[section] = _mapping(option(config, section))
+    return {**settings, "family": family}
 
 
 def option(config, dotted: str, default: Any = None) -> Any:
@@ -175,18 +213,15 @@ def make_source(config, task: Task, split: str):
             os.path.expanduser(option(config, "data.data_dir")),
         )
     elif kind == "jsonl":
-        directory = pathlib.Path(option(config, "data.source_dir"))
-        source = JsonlSource(directory / f"{split}.jsonl", task)
+        directory = option(config, "data.source_dir")
+        if directory is None:
+            raise ConfigError(
+                "data.source='jsonl' needs data.source_dir (the directory of <split>.jsonl)."
+            )
+        source = JsonlSource(pathlib.Path(directory) / f"{split}.jsonl", task)
     else:
-        raise ValueError(f"Unknown data.source {kind!r}; expected synthetic, tfds or jsonl.")
+        raise ConfigError(f"data.source={kind!r}; expected synthetic, tfds or jsonl.")
     return _First(source, limit) if limit else source
-
-
-def _check_task(source, task: Task) -> None:
-    """Fails early when the split holds another task's examples (e.g. a wrong tfds_config)."""
-    found = source[0].get("task") if len(source) else None
-    if found not in (None, "", task.name):
-        raise ValueError(f"The split holds {found!r} examples but config.task is {task.name!r}.")
 
 
 class _First:
@@ -230,8 +265,16 @@ class JsonlSource:
 
     def __getitem__(self, index: int) -> Example:
         example = dict(self.examples[index])
-        with Image.open(example.pop("image_path")) as image:
-            example["image"] = np.asarray(image.convert("RGB"))
+        path = example.pop("image_path")
+        line = example.pop("line")
+        try:
+            with Image.open(path) as image:
+                example["image"] = np.asarray(image.convert("RGB"))
+        except OSError as e:  # truncated, corrupt or removed since the header check
+            raise DataError(
+                f"{path} (image of {self.path} line {line}, image_id {example['image_id']}): "
+                f"cannot read the image ({e})."
+            ) from e
         return example
 
     def _checked(self, line_number: int, line: str, names: Mapping[str, int]) -> Example:
@@ -242,7 +285,7 @@ class JsonlSource:
             raise RecordError(f"{where}: not JSON ({e}).") from e
         text = repr(record)[:200]
         try:
-            return _parse_example(record, self.path.parent, names)
+            return {**_parse_example(record, self.path.parent, names), "line": line_number}
         except (KeyError, TypeError, ValueError, OSError) as e:
             raise RecordError(f"{where} {text}: {e}") from e
 
@@ -320,9 +363,10 @@ def load_checkpoint(config) -> tuple[Any, Any]:
     if checkpoint is None or _is_hf_dir(checkpoint):
         hf_dir = checkpoint or model_spec
         if hf_dir is None or not _is_hf_dir(hf_dir):
-            raise ValueError(
-                f"Nothing to evaluate: checkpoint={checkpoint!r} and model="
-                f"{model_spec!r} are not HF directories (config.json + weights)."
+            raise CheckpointError(
+                f"nothing to evaluate: checkpoint={checkpoint!r} is not an HF directory "
+                f"(config.json + *.safetensors) or an orbax checkpoint directory, and "
+                f"model={model_spec!r} is not an HF directory either."
             )
         model = from_pretrained(str(hf_dir), dtype)
         return model, make_processor(config, model.config, (hf_dir, model_spec))
@@ -339,17 +383,19 @@ def _is_hf_dir(path) -> bool:
 def orbax_params_dir(checkpoint: str | os.PathLike, step: int | None = None) -> pathlib.Path:
     """`<checkpoint>/<step>/params` (the latest step unless `step`), or `<checkpoint>/params`."""
     root = pathlib.Path(checkpoint)
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint={str(checkpoint)!r}: no such directory.")
     if (root / "params").is_dir():
         return root / "params"
     steps = sorted(int(p.name) for p in root.glob("*") if p.name.isdigit() and p.is_dir())
     if not steps:
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{root}: neither an HF directory (config.json + *.safetensors) "
             "nor an orbax checkpoint (<step>/params)."
         )
     chosen = steps[-1] if step is None else int(step)
     if not (root / str(chosen) / "params").is_dir():
-        raise FileNotFoundError(f"{root}: no params for step {chosen}; steps: {steps}.")
+        raise CheckpointError(f"eval.step={chosen}: {root} has no step {chosen}; steps: {steps}.")
     return root / str(chosen) / "params"
 
 
@@ -358,7 +404,7 @@ def _architecture(config, model_spec) -> tuple[Any, Any]:
     from perception_rl.models import QwenVLConfig, preset
 
     if model_spec is None:
-        raise ValueError(
+        raise ConfigError(
             "config.model (HF directory or preset name) is needed to restore an orbax checkpoint."
         )
     if (pathlib.Path(str(model_spec)) / "config.json").is_file():
@@ -398,7 +444,7 @@ def make_processor(config, model_config, candidates: Sequence) -> Any:
         None,
     )
     if found is None:
-        raise FileNotFoundError(f"No tokenizer in {directories}; set config.tokenizer.")
+        raise ConfigError(f"no tokenizer in {directories}; set config.tokenizer.")
     overrides = {
         k: int(v)
         for k in ("min_pixels", "max_pixels")
@@ -436,73 +482,117 @@ def checkpoint_name(config) -> str:
 
 # --------------------------------------------------------------------------------- decoding
 def predict(
-    task: Task, model, processor, source, family: str, *, batch_size: int, max_new_tokens: int
+    task: Task,
+    model,
+    processor,
+    source,
+    family: str,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    reward_overrides: Mapping[str, Any] | None = None,
+    partial: PartialPredictions | None = None,
 ) -> tuple[list[Record], list[Example]]:
-    """Greedy completions of every example, parsed to original pixels and scored by the reward.
+    """Greedy completions of every example, parsed to original pixels and scored by the reward
+    (the task's reward options, then `reward_overrides`, as training scores them).
+
+    Batches whose records `partial` already holds are not decoded again; new records are
+    appended to it as they come, so an error mid-way (an unreadable image) keeps them.
 
     Returns:
       (one record per example, in source order; the examples' annotations without pixels).
     """
-    import jax
     from tqdm import tqdm
 
-    from perception_rl import rewards
-    from perception_rl.sampling import generate
-
-    tokenizer = processor.tokenizer
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    done = partial.done if partial is not None else {}
+    options = reward_options(task, family, reward_overrides)
     records, annotations = [], []
     with tqdm(total=len(source), desc=f"eval {task.name}", unit="example") as bar:
         for start in range(0, len(source), batch_size):
             indices = list(range(start, min(start + batch_size, len(source))))
             examples = [source[i] for i in indices]
             annotations += [annotation(e) for e in examples]
-            # A short last batch is padded with copies: one compiled shape for every batch.
-            padded = examples + examples[-1:] * (batch_size - len(examples))
-            batch = processor(
-                [task.conversation(e, family) for e in padded],
-                [[Image.fromarray(e["image"])] for e in padded],
-            )
-            result = generate(
-                model,
-                batch,
-                max_new_tokens=max_new_tokens,
-                key=jax.random.key(0),
-                temperature=0.0,
-                eos_ids=eos,
-                pad_id=processor.pad_token_id,
-            )
-            texts = [
-                tokenizer.decode(
-                    result.tokens[row, : result.lengths[row]].tolist(),
-                    skip_special_tokens=task.skip_special_tokens,
+            if all(i in done for i in indices):
+                batch_records = [done[i] for i in indices]
+            else:
+                batch_records = _decode_batch(
+                    task,
+                    model,
+                    processor,
+                    indices,
+                    examples,
+                    family,
+                    options,
+                    batch_size,
+                    max_new_tokens,
                 )
-                for row in range(len(examples))
-            ]
-            geometries = [
-                ImageGeometry.for_image(*e["image"].shape[:2], processor.image_processor)
-                for e in examples
-            ]
-            targets = [task.target(e, g, family) for e, g in zip(examples, geometries)]
-            parts = rewards.score_components(
-                task.reward, texts, targets, group_size=1, **task.reward_options(family)
-            )
-            for row, (index, example, text, geometry) in enumerate(
-                zip(indices, examples, texts, geometries)
-            ):
-                records.append(
-                    _record(
-                        task,
-                        index,
-                        example,
-                        text,
-                        geometry,
-                        family,
-                        {k: float(v[row]) for k, v in parts.items()},
-                    )
-                )
+                if partial is not None:
+                    partial.add(batch_records)
+            records += batch_records
             bar.update(len(examples))
     return records, annotations
+
+
+def _decode_batch(
+    task: Task,
+    model,
+    processor,
+    indices: list[int],
+    examples: list[Example],
+    family: str,
+    options: Mapping[str, Any],
+    batch_size: int,
+    max_new_tokens: int,
+) -> list[Record]:
+    """Greedy completions of one batch as scored records."""
+    import jax
+
+    from perception_rl import rewards
+    from perception_rl.sampling import generate
+
+    tokenizer = processor.tokenizer
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    # A short last batch is padded with copies: one compiled shape for every batch.
+    padded = examples + examples[-1:] * (batch_size - len(examples))
+    batch = processor(
+        [task.conversation(e, family) for e in padded],
+        [[Image.fromarray(e["image"])] for e in padded],
+    )
+    result = generate(
+        model,
+        batch,
+        max_new_tokens=max_new_tokens,
+        key=jax.random.key(0),
+        temperature=0.0,
+        eos_ids=eos,
+        pad_id=processor.pad_token_id,
+    )
+    texts = [
+        tokenizer.decode(
+            result.tokens[row, : result.lengths[row]].tolist(),
+            skip_special_tokens=task.skip_special_tokens,
+        )
+        for row in range(len(examples))
+    ]
+    geometries = [
+        ImageGeometry.for_image(*e["image"].shape[:2], processor.image_processor) for e in examples
+    ]
+    targets = [task.target(e, g, family) for e, g in zip(examples, geometries)]
+    parts = rewards.score_components(task.reward, texts, targets, group_size=1, **options)
+    return [
+        _record(
+            task,
+            index,
+            example,
+            text,
+            geometry,
+            family,
+            {k: float(v[row]) for k, v in parts.items()},
+        )
+        for row, (index, example, text, geometry) in enumerate(
+            zip(indices, examples, texts, geometries)
+        )
+    ]
 
 
 def _record(
@@ -515,7 +605,7 @@ def _record(
     reward: dict[str, float],
 ) -> Record:
     truth = {
-        k: _json_safe(np.asarray(example[k]).tolist() if k != "text" else example[k])
+        k: json_safe(np.asarray(example[k]).tolist() if k != "text" else example[k])
         for k in ANNOTATION_KEYS
         if k in example
     }
@@ -534,24 +624,6 @@ def _record(
 
 
 # ---------------------------------------------------------------------------------- scoring
-def read_predictions(path: str | os.PathLike) -> list[Record]:
-    """Records of a predictions.jsonl; a line that is not a record fails naming it."""
-    records = []
-    for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{path} line {number}: not JSON ({e}).") from e
-        if not isinstance(record, dict) or not isinstance(record.get("prediction"), dict):
-            raise RecordError(
-                f"{path} line {number} {line[:200]}: needs an 'image_id' and a 'prediction' object."
-            )
-        records.append({**record, "line": number})
-    return records
-
-
 def score_predictions(
     task: Task, records: Sequence[Record], examples: Sequence[Example]
 ) -> dict[str, float]:
@@ -605,27 +677,6 @@ def _mean_reward(records: Sequence[Record]) -> float | None:
 
 
 # ---------------------------------------------------------------------------------- outputs
-def write_jsonl(path: pathlib.Path, records: Sequence[Record]) -> None:
-    with path.open("w") as out:
-        for record in records:
-            out.write(
-                json.dumps(_json_safe({k: v for k, v in record.items() if k != "line"})) + "\n"
-            )
-
-
-def _json_safe(value):
-    """NaN / inf become null (strict JSON); tuples lists; numpy scalars Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def draw_gallery(
     path: pathlib.Path, records: Sequence[Record], source, positions: Mapping[int, int], size: int
 ) -> pathlib.Path | None:

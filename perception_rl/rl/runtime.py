@@ -10,6 +10,8 @@ import math
 import os
 import shutil
 import signal
+import sys
+import threading
 from typing import Any
 
 import jax
@@ -19,8 +21,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from perception_rl.data import pipeline
+from perception_rl.errors import EXIT_INTERRUPTED, ConfigError
 from perception_rl.models import from_pretrained, save_pretrained
-from perception_rl.models.qwen_vl import QwenVL, QwenVLConfig, preset
+from perception_rl.models.qwen_vl import PRESETS, QwenVL, QwenVLConfig, preset
 from perception_rl.parallel import DEFAULT_RULES, make_mesh, partitioning
 from perception_rl.processing import Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
@@ -43,10 +46,6 @@ _TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; `perception_rl.main` prints it as one line."""
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -163,6 +162,23 @@ def _is_hf_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json"))
 
 
+def check_model(name: str) -> None:
+    """`config.model` must be an HF checkpoint directory or a preset name."""
+    if _is_hf_dir(name) or name in PRESETS:
+        return
+    where = (
+        f"{name} has no config.json"
+        if os.path.isdir(name)
+        else f"no directory {name}"
+        if os.sep in name or name.startswith((".", "~"))
+        else "not a directory"
+    )
+    raise ConfigError(
+        f"model={name!r} is neither an HF checkpoint directory ({where}) nor a preset name "
+        f"({', '.join(sorted(PRESETS))})."
+    )
+
+
 def make_processor(config, tokenizer_dir: str, model_config: QwenVLConfig) -> Processor:
     """The processor of `tokenizer_dir` for this model family, with `data.min/max_pixels`."""
     overrides = {
@@ -185,6 +201,7 @@ def load_policy(config, mesh: Mesh) -> Policy:
     dtype = jnp.dtype(config.dtype)
     rules = partition_rules(config)
     name = str(config.model)
+    check_model(name)
     default_tokenizer = str(tiny_tokenizer_path()) if "tiny" in name else None
     tokenizer_dir = config.get("tokenizer") or (name if _is_hf_dir(name) else default_tokenizer)
     if tokenizer_dir is None or not os.path.isdir(tokenizer_dir):
@@ -194,12 +211,7 @@ def load_policy(config, mesh: Mesh) -> Policy:
         graphdef, params = nnx.split(model, nnx.Param)
         processor = make_processor(config, tokenizer_dir, model.config)
         return Policy(graphdef, nnx.to_pure_dict(params), model.config, processor, tokenizer_dir)
-    try:
-        model_config = preset(name)
-    except ValueError:
-        raise ConfigError(
-            f"model={name!r} is neither an HF directory (config.json) nor a preset name."
-        ) from None
+    model_config = preset(name)
     tokenizer = Processor.from_pretrained(tokenizer_dir).tokenizer
     ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in _TOKEN_NAMES.items()}
     # A preset carries the real Qwen ids; a randomly initialised model uses its tokenizer's.
@@ -264,14 +276,10 @@ def example_source(config) -> Any:
 
 
 def get_task(config):
-    """The task `config.task` of the perception_rl.data.tasks registry, with
-    `config.task_options` overriding its fields."""
+    """The task `config.task`, with `config.task_options` overriding its fields."""
     from perception_rl.data import tasks
 
-    try:
-        return tasks.get_task(config.task, **dict(config.get("task_options") or {}))
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"task: {e}") from None
+    return tasks.task_from_config(config)
 
 
 def prompt_batches(
@@ -285,7 +293,10 @@ def prompt_batches(
         batch_size: records per batch on this host.
         source: random-access examples; default `example_source(config)`.
     """
+    from perception_rl.data import tasks
+
     source = example_source(config) if source is None else source
+    tasks.check_source(source, formatter.task, f"data ({config.data.source}, {config.data.split})")
     dataset = pipeline.make_dataset(source, seed=config.data.seed, transform=formatter)
     buckets = tuple(config.data.buckets) or None
     batches = pipeline.BucketBatchDataset(
@@ -310,12 +321,16 @@ def per_host(global_size: int, name: str) -> int:
 class StopSignal:
     """SIGTERM (a preemption notice) asks the loop to checkpoint and exit after this step.
 
-    Every host must stop at the same step, so `requested()` takes the maximum over hosts.
+    Every host must stop at the same step, so `requested()` takes the maximum over hosts. The
+    signal is honoured even when no step boundary comes (a step longer than the scheduler's
+    notice, a hung write): `grace_s` seconds after the first SIGTERM, or at a second one, the
+    process exits at once with `EXIT_INTERRUPTED`; the last finished checkpoint is intact.
     """
 
-    def __init__(self):
+    def __init__(self, grace_s: float = 120.0):
         self._received = False
         self._previous = None
+        self.grace_s = float(grace_s)
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: leave signal handling to the caller
@@ -323,7 +338,23 @@ class StopSignal:
 
     def _handle(self, signum, frame):
         del signum, frame
+        if self._received:
+            self._exit_now("a second SIGTERM")
         self._received = True
+        timer = threading.Timer(
+            self.grace_s, self._exit_now, (f"no step ended {self.grace_s:g} s after SIGTERM",)
+        )
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def _exit_now(why: str) -> None:
+        print(
+            f"perception_rl: stopping at once ({why}); rerun to resume from the last checkpoint.",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_INTERRUPTED)
 
     def requested(self) -> bool:
         return bool(batch_lib.host_max(np.asarray([int(self._received)]))[0])

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from perception_rl.errors import require_at_least
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
 from perception_rl.rl.checkpoint import Checkpointer
@@ -56,6 +57,16 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     """
     mesh = runtime.build_mesh(config)
     cfg = config.sft
+    require_at_least(
+        config,
+        1,
+        "sft.num_steps",
+        "sft.batch_size",
+        "sft.num_micro_batches",
+        "train.keep_checkpoints",
+        "train.logprob_chunk",
+    )
+    require_at_least(config, 0, "sft.checkpoint_every", "train.stop_grace_s")
     runtime.check_batch("sft.batch_size", cfg.batch_size, 1, cfg.num_micro_batches, mesh)
     task = runtime.get_task(config) if task is None else task
     policy = runtime.load_policy(config, mesh)
@@ -113,4 +124,5 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         records=records,
         policy=policy,
         workdir=workdir,
+        grace_s=config.train.get("stop_grace_s", 120.0),
     )

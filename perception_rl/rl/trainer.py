@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from perception_rl.data.tasks import reward_options
+from perception_rl.errors import require_at_least
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
 from perception_rl.rl.checkpoint import Checkpointer
@@ -61,8 +63,7 @@ def step_config(config) -> StepConfig:
 def rollout_config(config, policy: runtime.Policy, task: Any) -> RolloutConfig:
     """Sampling, reward and advantage settings; reward options: the task's, then the config's."""
     rl = config.rl
-    options = dict(getattr(task, "reward_options", lambda family: {})(policy.model_config.family))
-    options.update(config.reward.to_dict())
+    options = reward_options(task, policy.model_config.family, config.reward.to_dict())
     return RolloutConfig(
         group_size=rl.num_generations,
         max_new_tokens=rl.max_new_tokens,
@@ -116,11 +117,10 @@ def resume_or_init(
 ) -> tuple[Any, jax.Array, int]:
     """(state, RNG key, step) of the latest checkpoint (setting the data iterator's state), or
     a fresh state at step 0."""
-    latest = checkpoints.latest_step()
-    if latest is None:
+    restored = checkpoints.restore_latest(step_fn.abstract_state(policy.params), records)
+    if restored is None:
         return step_fn.init_state(policy.params), jax.random.key(seed), 0
-    state, rng, _ = checkpoints.restore(latest, step_fn.abstract_state(policy.params), records)
-    return state, rng, latest
+    return restored
 
 
 def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict:
@@ -139,6 +139,17 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     mesh = runtime.build_mesh(config)
     rl, train_cfg = config.rl, config.train
     runtime.check_rl(rl)
+    require_at_least(
+        config,
+        1,
+        "train.num_steps",
+        "train.num_micro_batches",
+        "train.keep_checkpoints",
+        "train.logprob_chunk",
+        "rl.prompts_per_step",
+        "rl.max_new_tokens",
+    )
+    require_at_least(config, 0, "train.checkpoint_every", "train.stop_grace_s")
     runtime.check_batch(
         "rl.prompts_per_step",
         rl.prompts_per_step,
@@ -190,6 +201,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         records=records,
         policy=policy,
         workdir=workdir,
+        grace_s=config.train.get("stop_grace_s", 120.0),
     )
 
 
@@ -205,6 +217,7 @@ def run_loop(
     records: Any,
     policy: runtime.Policy,
     workdir: str,
+    grace_s: float = 120.0,
 ) -> dict:
     """Steps `start + 1 .. num_steps` with metrics, checkpoints, SIGTERM and the final export.
 
@@ -219,11 +232,12 @@ def run_loop(
         records: the data iterator (its state is checkpointed).
         policy: exports the final parameters to `<workdir>/policy`.
         workdir: run directory.
+        grace_s: seconds after SIGTERM before the process exits without a step boundary.
 
     Returns:
         {"step", "stopped", "metrics", "policy"} (see `train`).
     """
-    stop = runtime.StopSignal()
+    stop = runtime.StopSignal(grace_s)
     step, metrics, stopped, exported = start, {}, False, None
     try:
         for step in range(start + 1, num_steps + 1):
@@ -234,6 +248,7 @@ def run_loop(
                 checkpoints.save(step, state, rng, records)
             if stopped:
                 break
+        checkpoints.wait()  # a failed save stops the run here, before the export
         if not stopped and step == num_steps:
             exported = os.path.join(workdir, "policy")
             runtime.export_policy(policy, state.params, exported)

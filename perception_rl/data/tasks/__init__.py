@@ -10,6 +10,23 @@ r = rewards.score(task.reward, completions, [target], group_size=G,
 """
 
 from perception_rl.data.tasks.base import FAMILIES, SYSTEM_PROMPT, Example, ImageGeometry, Task
-from perception_rl.data.tasks.registry import TASKS, get_task
+from perception_rl.data.tasks.registry import (
+    TASKS,
+    check_source,
+    get_task,
+    reward_options,
+    task_from_config,
+)
 
-__all__ = ["FAMILIES", "SYSTEM_PROMPT", "TASKS", "Example", "ImageGeometry", "Task", "get_task"]
+__all__ = [
+    "FAMILIES",
+    "SYSTEM_PROMPT",
+    "TASKS",
+    "Example",
+    "ImageGeometry",
+    "Task",
+    "check_source",
+    "get_task",
+    "reward_options",
+    "task_from_config",
+]

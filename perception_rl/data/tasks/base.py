@@ -97,6 +97,7 @@ class Task(Protocol):
     reward: str  # name in the perception_rl.rewards registry
     metric_names: tuple[str, ...]  # keys `metrics` returns; the first is the headline number
     table_columns: tuple[tuple[str, str], ...]  # (metric key, header) of the papers' table
+    prediction_keys: tuple[str, ...]  # keys `metrics` reads from each prediction
     # How completions are decoded for the reward and `predict` (PR1 keeps special tokens for
     # the Qwen2-VL span syntax, whose format gates need them, and skips them otherwise).
     skip_special_tokens: bool

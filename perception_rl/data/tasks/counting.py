@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -42,6 +42,8 @@ class CountingTask:
     name: str = "counting"
     reward: str = "counting"
     metric_names: tuple[str, ...] = ("accuracy",)
+    # What a predictions file must hold for `metrics` (eval.predictions).
+    prediction_keys: ClassVar[tuple[str, ...]] = ("boxes",)
     table_columns: tuple[tuple[str, str], ...] = (("accuracy", "Acc"),)
     skip_special_tokens: bool = False
     prompt: str = PROMPT

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -54,6 +54,8 @@ class CrowdTask:
     name: str = "crowd"
     reward: str = "dip"
     metric_names: tuple[str, ...] = ("AP50", "MR-2", "JI", "recall", "precision", "F1")
+    # What a predictions file must hold for `metrics` (eval.predictions).
+    prediction_keys: ClassVar[tuple[str, ...]] = ("boxes",)
     table_columns: tuple[tuple[str, str], ...] = (
         ("AP50", "AP50"),
         ("MR-2", "MR⁻²↓"),

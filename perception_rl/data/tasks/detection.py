@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -42,6 +42,8 @@ class DetectionTask:
     name: str = "detection"
     reward: str = "detection"
     metric_names: tuple[str, ...] = eval_metrics.COCO_METRIC_NAMES + ("precision", "recall", "F1")
+    # What a predictions file must hold for `metrics` (eval.predictions).
+    prediction_keys: ClassVar[tuple[str, ...]] = ("boxes", "labels")
     table_columns: tuple[tuple[str, str], ...] = (
         ("AP", "AP"),
         ("AP50", "AP50"),

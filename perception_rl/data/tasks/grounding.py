@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -50,6 +50,8 @@ class GroundingTask:
         "centre_acc",
         "mean_iou",
     )
+    # What a predictions file must hold for `metrics` (eval.predictions).
+    prediction_keys: ClassVar[tuple[str, ...]] = ("boxes",)
     table_columns: tuple[tuple[str, str], ...] = (
         ("acc@0.5", "Acc@0.5"),
         ("acc@0.75", "Acc@0.75"),

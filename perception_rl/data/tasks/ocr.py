@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from perception_rl.data.tasks.base import (
     SYSTEM_PROMPT,
@@ -35,6 +35,8 @@ class OcrTask:
     name: str = "ocr"
     reward: str = "ocr"
     metric_names: tuple[str, ...] = ("edit_distance", "f1", "precision", "recall", "bleu", "meteor")
+    # What a predictions file must hold for `metrics` (eval.predictions).
+    prediction_keys: ClassVar[tuple[str, ...]] = ("text",)
     table_columns: tuple[tuple[str, str], ...] = (
         ("edit_distance", "ED↓"),
         ("f1", "F1"),

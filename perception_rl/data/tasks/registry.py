@@ -7,6 +7,8 @@ Adding a task: write `perception_rl/data/tasks/<name>.py` with a frozen dataclas
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from perception_rl.data.tasks.base import Task
 from perception_rl.data.tasks.counting import CountingTask
@@ -14,6 +16,7 @@ from perception_rl.data.tasks.crowd import CrowdTask
 from perception_rl.data.tasks.detection import DetectionTask
 from perception_rl.data.tasks.grounding import GroundingTask
 from perception_rl.data.tasks.ocr import OcrTask
+from perception_rl.errors import ConfigError, DataError
 
 TASKS: dict[str, type] = {
     "counting": CountingTask,
@@ -40,3 +43,33 @@ def get_task(name: str, **overrides) -> Task:
             f"Unknown option(s) {sorted(unknown)} for task {name!r}; valid: {sorted(fields)}."
         )
     return cls(**overrides)
+
+
+def task_from_config(config) -> Task:
+    """The task `config.task` with `config.task_options` overriding its fields (training and
+    evaluation build their task here, so both read the same options)."""
+    options = config.get("task_options") if hasattr(config, "get") else None
+    try:
+        return get_task(config.task, **dict(options or {}))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"task: {e.args[0] if e.args else e}") from None
+
+
+def reward_options(task: Task, family: str, overrides: Mapping[str, Any] | None) -> dict:
+    """The reward's keyword options: the task's for this family, then the config's `reward`."""
+    options = dict(task.reward_options(family))
+    options.update(dict(overrides or {}))
+    return options
+
+
+def check_source(source, task: Task, where: str = "data") -> None:
+    """Fails before any work when the examples belong to another task (e.g. `task=ocr` on a
+    counting dataset: training would run to the end on reward 0)."""
+    if not len(source):
+        raise DataError(f"{where}: the split has no examples.")
+    found = source[0].get("task")
+    if found not in (None, "", task.name):
+        raise DataError(
+            f"{where}: the split holds {found!r} examples but config.task is {task.name!r}; "
+            "point data at a matching dataset or change config.task."
+        )

@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from perception_rl.errors import DataError
+
 _MAX_REPR = 200  # Characters of a record shown in an error message.
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """A ground-truth or detection record that cannot be evaluated."""
 
 

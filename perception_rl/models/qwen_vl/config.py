@@ -12,10 +12,12 @@ import json
 import os
 from typing import Any
 
+from perception_rl import errors
+
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.ConfigError):
     """A checkpoint config that this port cannot represent."""
 
 
