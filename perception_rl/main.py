@@ -26,6 +26,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import threading
 import uuid
 
 from absl import app, flags, logging
@@ -50,8 +51,21 @@ EXIT_CONFIG_ERROR = errors.EXIT_USAGE
 
 def fail(message: object, kind: str = "config") -> None:
     """Prints `perception_rl.main: <kind> error: <message>` as one line; exits EXIT_USAGE."""
+    _quiet_shutdown()
     print(f"perception_rl.main: {kind} error: {errors.one_line(message)}", file=sys.stderr)
     sys.exit(errors.EXIT_USAGE)
+
+
+def _quiet_shutdown() -> None:
+    """After a failed checkpoint write, tensorstore's callbacks find asyncio's loop closed at
+    interpreter exit and print a traceback each; they say nothing the error line does not."""
+
+    def closed_loop(error) -> bool:
+        return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+
+    previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
+    sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else previous_unraisable(u)
+    threading.excepthook = lambda a: None if closed_loop(a.exc_value) else previous_thread(a)
 
 
 def config_error(message: str) -> None:
@@ -93,11 +107,15 @@ def prepare_workdir(workdir: str) -> None:
         fail(f"--workdir={workdir} is not writable: {describe_os_error(e)}", "usage")
 
 
-class _OrbaxErrorFilter(std_logging.Filter):
-    """Drops orbax's background-thread error logs: a failed save is re-raised as one line."""
+class _LibraryNoiseFilter(std_logging.Filter):
+    """Drops log lines that read like errors but are not ours to act on: orbax's background-
+    thread errors (a failed save is re-raised as one line) and TFDS's advice to install OpenCV
+    (images decode with PIL here)."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return not ("orbax" in record.pathname and record.levelno >= std_logging.ERROR)
+        if "orbax" in record.pathname and record.levelno >= std_logging.ERROR:
+            return False
+        return not str(record.msg).startswith("OpenCV is not installed")
 
 
 def _override_key(argv: list[str], missing: str) -> str:
@@ -179,7 +197,7 @@ def main(argv: list[str]) -> None:
         config_error(f"--config: {e}")
     if not flags.FLAGS["verbosity"].present:  # orbax and grain log every save at INFO
         logging.set_verbosity(logging.WARNING)
-        std_logging.getLogger("absl").addFilter(_OrbaxErrorFilter())
+        std_logging.getLogger("absl").addFilter(_LibraryNoiseFilter())
     summary = _run_reporting_errors(config, _WORKDIR.value)
     if isinstance(summary, dict) and summary.get("stopped"):
         print(

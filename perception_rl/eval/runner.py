@@ -699,29 +699,46 @@ def draw_gallery(
         return None
     size = min(size, len(ranked))
     rows = {"worst": ranked[:size], "best": ranked[::-1][:size]}
-    figure = Figure(figsize=(3.2 * size, 7.0))
+    # Constrained layout reserves each caption's height, so captions never overprint the
+    # next row; the legend sits in its own band at the bottom.
+    figure = Figure(figsize=(3.2 * size, 8.0), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, size, squeeze=False)
     for row, (name, chosen) in enumerate(rows.items()):
         for column, record in enumerate(chosen):
             _draw(axes[row][column], source[positions[record["image_id"]]], record, name)
-    figure.tight_layout()
+    figure.legend(handles=_legend_handles(), loc="outside lower center", ncols=4, fontsize=8)
     figure.savefig(path, dpi=100)
     return path
+
+
+def _legend_handles() -> list:
+    from matplotlib.lines import Line2D
+
+    return [
+        Line2D([], [], color=color, linestyle=line, linewidth=1.5, label=label)
+        for _, color, line, label in _STYLES
+    ]
+
+
+# (prediction / ground-truth key, colour, line style, legend label) of the drawn boxes.
+_STYLES = (
+    ("truth:boxes", "lime", "-", "ground truth"),
+    ("truth:ignore_boxes", "lime", ":", "ignore region"),
+    ("prediction:boxes", "red", "-", "prediction"),
+    ("prediction:look", "orange", "--", "look box (DIP)"),
+)
 
 
 def _draw(ax, example: Example, record: Record, rank: str) -> None:
     from matplotlib.patches import Rectangle
 
     ax.imshow(example["image"])
-    truth, prediction = record.get("ground_truth", {}), record["prediction"]
-    styles = [
-        (truth.get("boxes", ()), "lime", "-"),
-        (truth.get("ignore_boxes", ()), "lime", ":"),
-        (prediction.get("boxes", ()), "red", "-"),
-        (prediction.get("look", ()), "orange", "--"),
-    ]
-    for boxes, color, line in styles:
+    parts = {"truth": record.get("ground_truth", {}), "prediction": record["prediction"]}
+    truth, prediction = parts["truth"], parts["prediction"]
+    for source_key, color, line, _ in _STYLES:
+        part, key = source_key.split(":")
+        boxes = parts[part].get(key, ())
         for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
             ax.add_patch(
                 Rectangle(
