@@ -36,6 +36,7 @@ sys.path.insert(0, _ROOT)  # `configs` and `benchmarks` live at the repository r
 from bench_models import bench_prompts, build_bench_checkpoint
 
 from configs import common
+from perception_rl import policy as policy_lib
 from perception_rl import rewards
 from perception_rl.models.qwen_vl.vision import vision_layout
 from perception_rl.rl import batch as batch_lib
@@ -115,7 +116,7 @@ def time_ours(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
     """Seconds per full step of our trainer, and the FLOP/s of its update programs."""
     config = bench_config(path, num_prompts)
     mesh = runtime.build_mesh(config)
-    policy = runtime.load_policy(config, mesh)
+    policy = policy_lib.load_policy(config, mesh)
     if image_size == 112:
         batch = bench_prompts(path, num_prompts)
     else:

@@ -12,8 +12,9 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+from perception_rl import policy as policy_lib
 from perception_rl import rewards
-from perception_rl.data import synthetic
+from perception_rl.data import sources, synthetic
 from perception_rl.data.tasks import FAMILIES, TASKS, ImageGeometry, get_task
 from perception_rl.errors import CheckpointError, DataError
 from perception_rl.eval import RecordError, runner
@@ -128,21 +129,20 @@ def test_orbax_restore_picks_the_step_and_reads_pure_dicts(checkpoint, tmp_path)
     manager.save(12, args=ocp.args.Composite(params=ocp.args.StandardSave(pure)))
     manager.wait_until_finished()
     manager.close()
-    assert runner.orbax_params_dir(tmp_path) == tmp_path / "12" / "params"
-    assert runner.orbax_params_dir(tmp_path, 7) == tmp_path / "7" / "params"
-    assert runner.orbax_params_dir(tmp_path / "7") == tmp_path / "7" / "params"
+    assert policy_lib.orbax_params_dir(tmp_path) == tmp_path / "12" / "params"
+    assert policy_lib.orbax_params_dir(tmp_path, 7) == tmp_path / "7" / "params"
+    assert policy_lib.orbax_params_dir(tmp_path / "7") == tmp_path / "7" / "params"
     with pytest.raises(CheckpointError, match="eval.step=8: .* steps: \\[7, 12\\]"):
-        runner.orbax_params_dir(tmp_path, 8)
+        policy_lib.orbax_params_dir(tmp_path, 8)
     for step, expected in ((7, state), (12, shifted)):
-        restored = runner.restore_params(tmp_path / str(step) / "params", model.config, np.float32)
-        got = nnx.state(restored, nnx.Param)
-        jax.tree.map(np.testing.assert_array_equal, got, expected)
+        params_dir = tmp_path / str(step) / "params"
+        got = policy_lib.restore_params(params_dir, model.config, np.float32)
+        jax.tree.map(np.testing.assert_array_equal, got, nnx.to_pure_dict(expected))
 
 
 def test_preset_architecture_takes_its_tokenizers_ids():
-    model_config, processor = runner._architecture(
-        make_config(model="qwen2p5_vl_tiny"), "qwen2p5_vl_tiny"
-    )
+    model_config = policy_lib.preset_architecture("qwen2p5_vl_tiny", tiny_tokenizer_path())
+    processor = policy_lib.make_processor(make_config(), tiny_tokenizer_path(), model_config)
     assert model_config.image_token_id == TINY_TOKEN_IDS["image_token_id"]
     assert model_config.eos_token_id == TINY_TOKEN_IDS["eos_token_id"]
     assert processor.model_type == "qwen2_5_vl"
@@ -193,7 +193,7 @@ PERFECT = {
 def test_oracle_completions_score_perfectly(name, family, tmp_path, monkeypatch):
     task = get_task(name)
     config = make_config(task=name, **{"eval.num_examples": 5, "eval.batch_size": 3})
-    processor = runner.make_processor(config, tiny(family), [tiny_tokenizer_path()])
+    processor = policy_lib.make_processor(config, tiny_tokenizer_path(), tiny(family))
     examples = [synthetic.generate_example(name, i, split="val") for i in range(5)]
     monkeypatch.setattr(
         "perception_rl.sampling.generate", OracleGenerate(task, family, processor, examples)
@@ -301,7 +301,7 @@ def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
     def opens(*records):
         path = tmp_path / "bad.jsonl"
         path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records))
-        return runner.JsonlSource(path, get_task("detection"))
+        return sources.JsonlSource(path, get_task("detection"))
 
     where = f"{tmp_path / 'bad.jsonl'} line 2"
     for bad, problem in [
@@ -312,7 +312,7 @@ def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
         ({**good, "labels": [0, 1]}, "2 labels for 1 boxes"),
         ("[1, 2", "not JSON"),
     ]:
-        with pytest.raises(RecordError) as error:
+        with pytest.raises(DataError) as error:
             opens(good, bad)
         assert where in str(error.value) and problem in str(error.value)
 

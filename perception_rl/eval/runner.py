@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from perception_rl.data import synthetic
+from perception_rl.data import sources
 from perception_rl.data.tasks import (
     ImageGeometry,
     Task,
@@ -66,7 +66,7 @@ from perception_rl.data.tasks import (
     reward_options,
     task_from_config,
 )
-from perception_rl.errors import CheckpointError, ConfigError, DataError, require_at_least
+from perception_rl.errors import CheckpointError, require_at_least
 from perception_rl.eval.metrics.records import RecordError
 from perception_rl.eval.predictions import (
     PartialPredictions,
@@ -192,156 +192,8 @@ def option(config, dotted: str, default: Any = None) -> Any:
 
 # ------------------------------------------------------------------------------------- data
 def make_source(config, task: Task, split: str):
-    """Random-access examples of the configured source (see module docstring), first N kept."""
-    kind = option(config, "data.source", "synthetic")
-    limit = option(config, "eval.num_examples")
-    if kind == "synthetic":
-        fields = dict(option(config, "data.synthetic", {}))
-        return synthetic.SyntheticSource(
-            task.name,
-            split,
-            limit or DEFAULT_SYNTHETIC_EXAMPLES,
-            seed=option(config, "data.seed", 0),
-            config=synthetic.SyntheticConfig(**fields),
-        )
-    if kind == "tfds":
-        from perception_rl.data import pipeline
-
-        source = pipeline.tfds_source(
-            option(config, "data.tfds_config", task.name),
-            split,
-            os.path.expanduser(option(config, "data.data_dir")),
-        )
-    elif kind == "jsonl":
-        directory = option(config, "data.source_dir")
-        if directory is None:
-            raise ConfigError(
-                "data.source='jsonl' needs data.source_dir (the directory of <split>.jsonl)."
-            )
-        source = JsonlSource(pathlib.Path(directory) / f"{split}.jsonl", task)
-    else:
-        raise ConfigError(f"data.source={kind!r}; expected synthetic, tfds or jsonl.")
-    return _First(source, limit) if limit else source
-
-
-class _First:
-    """The first `n` examples of a random-access source (PR1 evaluates the first N too)."""
-
-    def __init__(self, source, n: int):
-        self.source, self.n = source, min(int(n), len(source))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> Example:
-        if not 0 <= index < self.n:
-            raise IndexError(index)
-        return self.source[index]
-
-
-class JsonlSource:
-    """Ground truth from a JSONL file: one example per line, images read on access.
-
-    Each line: `{"image_id": int, "image": path relative to the file's directory, "query": str,
-    "boxes": [[x1, y1, x2, y2], ...], "labels": [int or label name, ...], "points": [[x, y]],
-    "text": str, "ignore_boxes": [[...]]}`; all but image_id and image are optional. Every line
-    is checked when the source is opened (image headers included), so a malformed file fails
-    at once with the file, line and record in the message.
-    """
-
-    def __init__(self, path: str | os.PathLike, task: Task):
-        self.path = pathlib.Path(path)
-        names = {n: i for i, n in enumerate(getattr(task, "label_names", ()))}
-        try:
-            lines = self.path.read_text().splitlines()
-        except OSError as e:
-            raise RecordError(f"{self.path}: cannot read the ground-truth file ({e}).") from e
-        self.examples = [
-            self._checked(n, line, names) for n, line in enumerate(lines, 1) if line.strip()
-        ]
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> Example:
-        example = dict(self.examples[index])
-        path = example.pop("image_path")
-        line = example.pop("line")
-        try:
-            with Image.open(path) as image:
-                example["image"] = np.asarray(image.convert("RGB"))
-        except OSError as e:  # truncated, corrupt or removed since the header check
-            raise DataError(
-                f"{path} (image of {self.path} line {line}, image_id {example['image_id']}): "
-                f"cannot read the image ({e})."
-            ) from e
-        return example
-
-    def _checked(self, line_number: int, line: str, names: Mapping[str, int]) -> Example:
-        where = f"{self.path} line {line_number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{where}: not JSON ({e}).") from e
-        text = repr(record)[:200]
-        try:
-            return {**_parse_example(record, self.path.parent, names), "line": line_number}
-        except (KeyError, TypeError, ValueError, OSError) as e:
-            raise RecordError(f"{where} {text}: {e}") from e
-
-
-def _parse_example(record: Mapping, root: pathlib.Path, names: Mapping[str, int]) -> Example:
-    """One JSONL ground-truth record as an example (without pixels); raises on bad fields."""
-    if not isinstance(record, Mapping):
-        raise TypeError("a record must be a JSON object")
-    image_id = record["image_id"]
-    if not isinstance(image_id, int) or isinstance(image_id, bool):
-        raise TypeError(f"image_id {image_id!r} is not an integer")
-    image_path = root / str(record["image"])
-    with Image.open(image_path) as image:  # Reads the header only.
-        width, height = image.size
-    labels = [_label_index(v, names) for v in record.get("labels", ())]
-    example = {
-        "image_path": image_path,
-        "image_id": image_id,
-        "query": str(record.get("query", "")),
-        "text": str(record.get("text", "")),
-        "labels": np.asarray(labels, np.int64).reshape(-1),
-    }
-    limits = np.array([width, height, width, height], np.float64)
-    for key in ("boxes", "ignore_boxes"):
-        boxes = np.asarray(record.get(key, ()), np.float64).reshape(-1, 4)
-        bad = ~(
-            np.isfinite(boxes).all(1)
-            & (boxes >= 0).all(1)
-            & (boxes <= limits).all(1)
-            & (boxes[:, 0] < boxes[:, 2])
-            & (boxes[:, 1] < boxes[:, 3])
-        )
-        if bad.any():
-            raise ValueError(
-                f"{key} {boxes[bad][0].tolist()} is empty or outside the {width}x{height} image"
-            )
-        example[key] = boxes.astype(np.float32)
-    points = record.get("points")
-    boxes = example["boxes"]
-    example["points"] = (
-        np.asarray(points, np.float32).reshape(-1, 2)
-        if points is not None
-        else (boxes[:, :2] + boxes[:, 2:]) / 2
-    )
-    if len(labels) not in (0, len(boxes)):
-        raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
-    return example
-
-
-def _label_index(value, names: Mapping[str, int]) -> int:
-    """A label given as an index, or as a name of the task's `label_names`."""
-    if not isinstance(value, str):
-        return int(value)
-    if value not in names:
-        raise ValueError(f"label {value!r} is not one of the task's {len(names)} label names")
-    return names[value]
+    """The examples `evaluate` reads: `data.sources.example_source` with `eval.num_examples`."""
+    return sources.example_source(config, task, split, option(config, "eval.num_examples"))
 
 
 def annotation(example: Example) -> Example:
@@ -353,124 +205,18 @@ def annotation(example: Example) -> Example:
 
 # ---------------------------------------------------------------------------------- policy
 def load_checkpoint(config) -> tuple[Any, Any]:
-    """(QwenVL, Processor) for `config.checkpoint` / `config.model` (see module docstring)."""
-    import jax.numpy as jnp
+    """(QwenVL, Processor) of `config.checkpoint`, else of an HF `config.model`, through the
+    policy loader training uses (`perception_rl.policy.load_policy`)."""
+    from perception_rl import policy as policy_lib
 
-    from perception_rl.models import from_pretrained
-
-    checkpoint, model_spec = option(config, "checkpoint"), option(config, "model")
-    dtype = jnp.dtype(option(config, "dtype", "float32"))
-    if checkpoint is None or _is_hf_dir(checkpoint):
-        hf_dir = checkpoint or model_spec
-        if hf_dir is None or not _is_hf_dir(hf_dir):
-            raise CheckpointError(
-                f"nothing to evaluate: checkpoint={checkpoint!r} is not an HF directory "
-                f"(config.json + *.safetensors) or an orbax checkpoint directory, and "
-                f"model={model_spec!r} is not an HF directory either."
-            )
-        model = from_pretrained(str(hf_dir), dtype)
-        return model, make_processor(config, model.config, (hf_dir, model_spec))
-    params_dir = orbax_params_dir(checkpoint, option(config, "eval.step"))
-    model_config, processor = _architecture(config, model_spec)
-    return restore_params(params_dir, model_config, dtype), processor
-
-
-def _is_hf_dir(path) -> bool:
-    path = pathlib.Path(str(path))
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
-def orbax_params_dir(checkpoint: str | os.PathLike, step: int | None = None) -> pathlib.Path:
-    """`<checkpoint>/<step>/params` (the latest step unless `step`), or `<checkpoint>/params`."""
-    root = pathlib.Path(checkpoint)
-    if not root.is_dir():
-        raise CheckpointError(f"checkpoint={str(checkpoint)!r}: no such directory.")
-    if (root / "params").is_dir():
-        return root / "params"
-    steps = sorted(int(p.name) for p in root.glob("*") if p.name.isdigit() and p.is_dir())
-    if not steps:
+    checkpoint = option(config, "checkpoint")
+    if checkpoint is None and not policy_lib.is_hf_dir(option(config, "model")):
         raise CheckpointError(
-            f"{root}: neither an HF directory (config.json + *.safetensors) "
-            "nor an orbax checkpoint (<step>/params)."
+            f"nothing to evaluate: config.checkpoint is not set and model="
+            f"{option(config, 'model')!r} is not an HF directory (config.json + weights)."
         )
-    chosen = steps[-1] if step is None else int(step)
-    if not (root / str(chosen) / "params").is_dir():
-        raise CheckpointError(f"eval.step={chosen}: {root} has no step {chosen}; steps: {steps}.")
-    return root / str(chosen) / "params"
-
-
-def _architecture(config, model_spec) -> tuple[Any, Any]:
-    """Model config and processor for restoring orbax params into `model_spec`."""
-    from perception_rl.models import QwenVLConfig, preset
-
-    if model_spec is None:
-        raise ConfigError(
-            "config.model (HF directory or preset name) is needed to restore an orbax checkpoint."
-        )
-    if (pathlib.Path(str(model_spec)) / "config.json").is_file():
-        model_config = QwenVLConfig.from_pretrained(str(model_spec))
-        return model_config, make_processor(config, model_config, (model_spec,))
-    processor = make_processor(config, preset(model_spec), ())
-    ids = {
-        name: processor.tokenizer.convert_tokens_to_ids(token)
-        for name, token in (
-            ("image_token_id", "<|image_pad|>"),
-            ("video_token_id", "<|video_pad|>"),
-            ("vision_start_token_id", "<|vision_start|>"),
-            ("vision_end_token_id", "<|vision_end|>"),
-            ("bos_token_id", "<|endoftext|>"),
-            ("eos_token_id", "<|im_end|>"),
-            ("pad_token_id", "<|endoftext|>"),
-        )
-    }
-    # A preset carries the real Qwen ids; the model must use its tokenizer's.
-    return preset(model_spec).replace(**ids), processor
-
-
-def make_processor(config, model_config, candidates: Sequence) -> Any:
-    """Processor from the first candidate directory with a tokenizer, for this model family."""
-    from perception_rl.processing import Processor, tiny_tokenizer_path
-
-    directories = [c for c in (*candidates, option(config, "tokenizer")) if c is not None]
-    if "tiny" in str(option(config, "model", "")):
-        directories.append(tiny_tokenizer_path())
-    found = next(
-        (
-            pathlib.Path(str(d))
-            for d in directories
-            if (pathlib.Path(str(d)) / "tokenizer.json").is_file()
-            or (pathlib.Path(str(d)) / "tokenizer_config.json").is_file()
-        ),
-        None,
-    )
-    if found is None:
-        raise ConfigError(f"no tokenizer in {directories}; set config.tokenizer.")
-    overrides = {
-        k: int(v)
-        for k in ("min_pixels", "max_pixels")
-        if (v := option(config, f"data.{k}")) is not None
-    }
-    processor = Processor.from_pretrained(found, **overrides)
-    return processor.with_family(model_config.family, model_config.vision.tokens_per_second)
-
-
-def restore_params(params_dir: pathlib.Path, model_config, dtype) -> Any:
-    """A QwenVL whose `nnx.Param` state is restored from an orbax StandardCheckpointer dir."""
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from perception_rl.models import QwenVL
-
-    model = nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(0)))
-    target = nnx.state(model, nnx.Param)
-    with ocp.StandardCheckpointer() as checkpointer:
-        try:  # The trainer's layout (perception_rl.rl.checkpoint): `nnx.to_pure_dict`.
-            pure = checkpointer.restore(params_dir.absolute(), nnx.to_pure_dict(target))
-            nnx.replace_by_pure_dict(target, pure)
-        except ValueError:  # orbax's structure mismatch: an `nnx.State` was saved instead.
-            target = checkpointer.restore(params_dir.absolute(), target)
-    nnx.update(model, target)
-    return model
+    policy = policy_lib.load_policy(config, checkpoint=checkpoint)
+    return policy.model(), policy.processor
 
 
 def checkpoint_name(config) -> str:
@@ -548,10 +294,11 @@ def _decode_batch(
     import jax
 
     from perception_rl import rewards
+    from perception_rl.policy import stop_token_ids
     from perception_rl.sampling import generate
 
     tokenizer = processor.tokenizer
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    eos = list(stop_token_ids(tokenizer, getattr(model.config, "eos_token_id", None)))
     # A short last batch is padded with copies: one compiled shape for every batch.
     padded = examples + examples[-1:] * (batch_size - len(examples))
     batch = processor(

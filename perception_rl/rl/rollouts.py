@@ -103,7 +103,7 @@ class RolloutCollector:
 
     def __init__(self, policy, records: Iterator[list[dict]], config: RolloutConfig):
         """Args:
-        policy: a `runtime.Policy` (graph, processor, pad id).
+        policy: a `perception_rl.policy.Policy` (graph, processor, pad id).
         records: this host's iterator of prompt-record batches.
         config: rollout settings.
         """

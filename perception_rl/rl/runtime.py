@@ -1,51 +1,27 @@
-"""What every training run is built from: config checks, the mesh, the policy, the prompt stream
-and the stop signal. Shared by the GRPO trainer (`rl.trainer`) and SFT (`rl.sft`).
+"""What every training run is built from besides the policy (`perception_rl.policy`): config
+checks, the mesh, the prompt stream and the stop signal. Shared by the GRPO trainer
+(`rl.trainer`) and SFT (`rl.sft`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
 
 from perception_rl.data import pipeline
 from perception_rl.errors import EXIT_INTERRUPTED, ConfigError
-from perception_rl.models import from_pretrained, save_pretrained
-from perception_rl.models.qwen_vl import PRESETS, QwenVL, QwenVLConfig, preset
-from perception_rl.parallel import DEFAULT_RULES, make_mesh, partitioning
-from perception_rl.processing import Processor, tiny_tokenizer_path
+from perception_rl.parallel import make_mesh
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
 from perception_rl.rl.train_step import BATCH_AXES
-
-# Special tokens whose ids a randomly initialised policy takes from its tokenizer.
-_TOKEN_NAMES = {
-    "image_token_id": "<|image_pad|>",
-    "video_token_id": "<|video_pad|>",
-    "vision_start_token_id": "<|vision_start|>",
-    "vision_end_token_id": "<|vision_end|>",
-}
-# Tokenizer files copied next to an exported policy so it loads as one HF directory.
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "merges.txt",
-)
 
 
 # ---------------------------------------------------------------------------------- checks
@@ -100,181 +76,7 @@ def build_mesh(config) -> Mesh:
         raise ConfigError(f"mesh_shape: {e}") from None
 
 
-def partition_rules(config) -> partitioning.Rules:
-    """Regex → PartitionSpec rules: `config.param_rules` ((regex, axes), ...) or the defaults."""
-    rules = config.get("param_rules") or ()
-    if not rules:
-        return DEFAULT_RULES
-    return tuple((regex, jax.sharding.PartitionSpec(*axes)) for regex, axes in rules)
-
-
-# ---------------------------------------------------------------------------------- policy
-@dataclasses.dataclass
-class Policy:
-    """The policy as a graph definition plus a parameter dict, and its processor.
-
-    Attributes:
-        graphdef: `nnx.split` graph of the `QwenVL` module.
-        params: nested dict of (sharded) parameter arrays.
-        model_config: the architecture and token ids.
-        processor: tokenizer, chat template and image processor.
-        tokenizer_dir: where the tokenizer files live (copied next to exports).
-    """
-
-    graphdef: Any
-    params: Any
-    model_config: QwenVLConfig
-    processor: Processor
-    tokenizer_dir: str
-
-    def model(self, params: Any = None) -> QwenVL:
-        """The NNX module over `params` (default: the loaded ones); no copy."""
-        return nnx.merge(self.graphdef, self.params if params is None else params)
-
-    @property
-    def pad_id(self) -> int:
-        cfg = self.model_config
-        return cfg.pad_token_id if cfg.pad_token_id is not None else self.processor.pad_token_id
-
-    @property
-    def eos_id(self) -> int:
-        cfg = self.model_config
-        eos = cfg.eos_token_id
-        return eos if eos is not None else self.processor.tokenizer.eos_token_id
-
-
-def _random_policy(model_config: QwenVLConfig, dtype, seed: int, mesh: Mesh, rules):
-    """A freshly initialised policy, each parameter created directly with its sharding."""
-
-    def init():
-        model = QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))
-        return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
-
-    abstract = jax.eval_shape(init)
-    shardings = partitioning.state_shardings(abstract, mesh, rules)
-    graphdef = nnx.split(
-        nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))), nnx.Param
-    )[0]
-    return graphdef, jax.jit(init, out_shardings=shardings)()
-
-
-def _is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
-
-
-def check_model(name: str) -> None:
-    """`config.model` must be an HF checkpoint directory or a preset name."""
-    if _is_hf_dir(name) or name in PRESETS:
-        return
-    where = (
-        f"{name} has no config.json"
-        if os.path.isdir(name)
-        else f"no directory {name}"
-        if os.sep in name or name.startswith((".", "~"))
-        else "not a directory"
-    )
-    raise ConfigError(
-        f"model={name!r} is neither an HF checkpoint directory ({where}) nor a preset name "
-        f"({', '.join(sorted(PRESETS))})."
-    )
-
-
-def make_processor(config, tokenizer_dir: str, model_config: QwenVLConfig) -> Processor:
-    """The processor of `tokenizer_dir` for this model family, with `data.min/max_pixels`."""
-    overrides = {
-        key: int(config.data[key])
-        for key in ("min_pixels", "max_pixels")
-        if config.data.get(key) is not None
-    }
-    processor = Processor.from_pretrained(tokenizer_dir, **overrides)
-    return processor.with_family(model_config.family, model_config.vision.tokens_per_second)
-
-
-def load_policy(config, mesh: Mesh) -> Policy:
-    """The policy of `config.model`: an HF checkpoint directory, or a preset name at random init.
-
-    An HF directory gives weights, architecture and (unless `config.tokenizer` says otherwise)
-    the tokenizer. A preset (e.g. "qwen2p5_vl_tiny") is initialised from `config.seed` and takes
-    its special-token ids from `config.tokenizer` (default for "*tiny*" presets: the tiny
-    tokenizer shipped with the package). Parameters are created directly with their shardings.
-    """
-    dtype = jnp.dtype(config.dtype)
-    rules = partition_rules(config)
-    name = str(config.model)
-    check_model(name)
-    default_tokenizer = str(tiny_tokenizer_path()) if "tiny" in name else None
-    tokenizer_dir = config.get("tokenizer") or (name if _is_hf_dir(name) else default_tokenizer)
-    if tokenizer_dir is None or not os.path.isdir(tokenizer_dir):
-        raise ConfigError(f"tokenizer {tokenizer_dir!r} is not a directory; set config.tokenizer.")
-    if _is_hf_dir(name):
-        model = from_pretrained(name, dtype, mesh=mesh, rules=rules)
-        graphdef, params = nnx.split(model, nnx.Param)
-        processor = make_processor(config, tokenizer_dir, model.config)
-        return Policy(graphdef, nnx.to_pure_dict(params), model.config, processor, tokenizer_dir)
-    model_config = preset(name)
-    tokenizer = Processor.from_pretrained(tokenizer_dir).tokenizer
-    ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in _TOKEN_NAMES.items()}
-    # A preset carries the real Qwen ids; a randomly initialised model uses its tokenizer's.
-    model_config = model_config.replace(**ids)
-    processor = make_processor(config, tokenizer_dir, model_config)
-    model_config = model_config.replace(
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=processor.pad_token_id,
-        pad_token_id=processor.pad_token_id,
-    )
-    graphdef, params = _random_policy(model_config, dtype, config.seed, mesh, rules)
-    return Policy(graphdef, params, model_config, processor, tokenizer_dir)
-
-
-def export_policy(policy: Policy, params: Any, path: str) -> None:
-    """Writes `params` as a self-contained HF directory: weights, config, tokenizer files and
-    the image-processor settings training used (`preprocessor_config.json`).
-
-    Every host takes part in gathering the parameters; only process 0 writes.
-    """
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        params = multihost_utils.process_allgather(params, tiled=True)
-    if jax.process_index() != 0:
-        return
-    save_pretrained(policy.model(jax.tree.map(np.asarray, params)), path)
-    for name in _TOKENIZER_FILES:
-        source = os.path.join(policy.tokenizer_dir, name)
-        if os.path.exists(source) and not os.path.exists(os.path.join(path, name)):
-            shutil.copy(source, path)
-    image = dataclasses.asdict(policy.processor.image_processor)
-    image["image_processor_type"] = "Qwen2VLImageProcessor"
-    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
-        json.dump(image, f, indent=2)
-
-
 # ------------------------------------------------------------------------------------ data
-def example_source(config) -> Any:
-    """Random-access training examples of `config.data` (the eval runner's schema).
-
-    `data.source`: "synthetic" (`data.num_examples` examples of `data.split` generated from
-    `data.seed` with `SyntheticConfig(**data.synthetic)`) or "tfds" (the built
-    `synthetic_perception/<data.tfds_config or task>` in `data.data_dir`).
-    """
-    data = config.data
-    if data.source == "synthetic":
-        from perception_rl.data import synthetic
-
-        return synthetic.SyntheticSource(
-            config.task,
-            data.split,
-            data.num_examples,
-            seed=data.seed,
-            config=synthetic.SyntheticConfig(**dict(data.get("synthetic") or {})),
-        )
-    if data.source == "tfds":
-        return pipeline.tfds_source(
-            data.get("tfds_config") or config.task, data.split, os.path.expanduser(data.data_dir)
-        )
-    raise ConfigError(f"data.source={data.source!r}; expected 'synthetic' or 'tfds'.")
-
-
 def get_task(config):
     """The task `config.task`, with `config.task_options` overriding its fields."""
     from perception_rl.data import tasks
@@ -282,21 +84,29 @@ def get_task(config):
     return tasks.task_from_config(config)
 
 
-def prompt_batches(
-    config, formatter: batch_lib.PromptFormatter, batch_size: int, *, source: Any = None
-):
+def training_source(config, task: Any, source: Any = None) -> Any:
+    """The training examples (`source`, else `data.sources.example_source` of `config.data`),
+    checked against the task before anything is loaded or compiled."""
+    from perception_rl.data import sources, tasks
+
+    if source is None:
+        # data.num_examples sizes the generated set; a built dataset is read whole.
+        synthetic = config.data.source == "synthetic"
+        limit = config.data.num_examples if synthetic else None
+        source = sources.example_source(config, task, config.data.split, limit)
+    tasks.check_source(source, task, f"data ({config.data.source}, {config.data.split})")
+    return source
+
+
+def prompt_batches(config, formatter: batch_lib.PromptFormatter, batch_size: int, source: Any):
     """This host's iterator of prompt-record batches (checkpointable grain iterator).
 
     Args:
         config: the run config (`data` section: seed, buckets).
         formatter: example → prompt record (runs in grain's read threads).
         batch_size: records per batch on this host.
-        source: random-access examples; default `example_source(config)`.
+        source: random-access examples (`training_source`).
     """
-    from perception_rl.data import tasks
-
-    source = example_source(config) if source is None else source
-    tasks.check_source(source, formatter.task, f"data ({config.data.source}, {config.data.split})")
     dataset = pipeline.make_dataset(source, seed=config.data.seed, transform=formatter)
     buckets = tuple(config.data.buckets) or None
     batches = pipeline.BucketBatchDataset(

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from perception_rl.errors import require_at_least
+from perception_rl.policy import load_policy
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
 from perception_rl.rl.checkpoint import Checkpointer
@@ -69,7 +70,8 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     require_at_least(config, 0, "sft.checkpoint_every", "train.stop_grace_s")
     runtime.check_batch("sft.batch_size", cfg.batch_size, 1, cfg.num_micro_batches, mesh)
     task = runtime.get_task(config) if task is None else task
-    policy = runtime.load_policy(config, mesh)
+    source = runtime.training_source(config, task, source)  # checked before any compile
+    policy = load_policy(config, mesh)
     settings = StepConfig(
         loss="sft",
         group_size=1,
@@ -87,7 +89,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         eos_id=policy.eos_id,
     )
     records = runtime.prompt_batches(
-        config, formatter, runtime.per_host(cfg.batch_size, "sft.batch_size"), source=source
+        config, formatter, runtime.per_host(cfg.batch_size, "sft.batch_size"), source
     )
     checkpoints = Checkpointer(
         os.path.join(workdir, "checkpoints"),

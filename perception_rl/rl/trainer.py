@@ -25,6 +25,7 @@ import numpy as np
 
 from perception_rl.data.tasks import reward_options
 from perception_rl.errors import require_at_least
+from perception_rl.policy import Policy, export_policy, load_policy, partition_rules
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
 from perception_rl.rl.checkpoint import Checkpointer
@@ -60,7 +61,7 @@ def step_config(config) -> StepConfig:
     )
 
 
-def rollout_config(config, policy: runtime.Policy, task: Any) -> RolloutConfig:
+def rollout_config(config, policy: Policy, task: Any) -> RolloutConfig:
     """Sampling, reward and advantage settings; reward options: the task's, then the config's."""
     rl = config.rl
     options = reward_options(task, policy.model_config.family, config.reward.to_dict())
@@ -70,7 +71,7 @@ def rollout_config(config, policy: runtime.Policy, task: Any) -> RolloutConfig:
         temperature=rl.temperature,
         top_k=rl.top_k,
         top_p=rl.top_p,
-        eos_ids=(policy.eos_id,),
+        eos_ids=policy.stop_ids,  # the same end tokens as evaluation
         pad_id=policy.pad_id,
         reward=task.reward,
         reward_options=options,
@@ -84,7 +85,7 @@ def rollout_config(config, policy: runtime.Policy, task: Any) -> RolloutConfig:
 
 
 def make_train_step(
-    config, policy: runtime.Policy, mesh, step_settings: StepConfig, optim, num_updates: int
+    config, policy: Policy, mesh, step_settings: StepConfig, optim, num_updates: int
 ) -> TrainStep:
     """The sharded update for `policy` with the AdamW schedule of an `optim` config section."""
     schedule = learning_rate_schedule(
@@ -108,12 +109,12 @@ def make_train_step(
         optimizer,
         schedule,
         mesh,
-        runtime.partition_rules(config),
+        partition_rules(config),
     )
 
 
 def resume_or_init(
-    checkpoints: Checkpointer, step_fn: TrainStep, policy: runtime.Policy, records: Any, seed: int
+    checkpoints: Checkpointer, step_fn: TrainStep, policy: Policy, records: Any, seed: int
 ) -> tuple[Any, jax.Array, int]:
     """(state, RNG key, step) of the latest checkpoint (setting the data iterator's state), or
     a fresh state at step 0."""
@@ -158,7 +159,8 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         mesh,
     )
     task = runtime.get_task(config) if task is None else task
-    policy = runtime.load_policy(config, mesh)
+    source = runtime.training_source(config, task, source)  # checked before any compile
+    policy = load_policy(config, mesh)
     settings = step_config(config)
     step_fn = make_train_step(
         config, policy, mesh, settings, config.optim, train_cfg.num_steps * rl.num_iterations
@@ -171,7 +173,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         config,
         formatter,
         runtime.per_host(rl.prompts_per_step, "rl.prompts_per_step"),
-        source=source,
+        source,
     )
     collector = RolloutCollector(policy, records, rollout_config(config, policy, task))
     checkpoints = Checkpointer(
@@ -215,7 +217,7 @@ def run_loop(
     checkpoints: Checkpointer,
     writer: MetricWriter,
     records: Any,
-    policy: runtime.Policy,
+    policy: Policy,
     workdir: str,
     grace_s: float = 120.0,
 ) -> dict:
@@ -251,7 +253,7 @@ def run_loop(
         checkpoints.wait()  # a failed save stops the run here, before the export
         if not stopped and step == num_steps:
             exported = os.path.join(workdir, "policy")
-            runtime.export_policy(policy, state.params, exported)
+            export_policy(policy, state.params, exported)
     finally:
         stop.restore()
         checkpoints.close()
