@@ -1,0 +1,2 @@
+class Builder:
+    BUILDER_CONFIGS = []
