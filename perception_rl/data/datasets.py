@@ -130,7 +130,7 @@ def to_example(record: Mapping) -> dict:
     for key in _TEXT_FIELDS:
         if isinstance(example.get(key), bytes):
             example[key] = example[key].decode("utf-8")
-    for key in ("image_id", "width", "height"):
+    for key in ("image_id", "width", "height", "count"):
         example[key] = int(example[key])
     for key in ("boxes", "ignore_boxes", "points", "area"):
         example[key] = np.asarray(example[key], np.float32)

@@ -19,6 +19,7 @@ The schema is the one the tasks read (`perception_rl.data.tasks`), plus the imag
   ignore_boxes  float32 [K, 4] [x1, y1, x2, y2] regions evaluation ignores
   iscrowd       int64 [N] (COCO's flag; 0 elsewhere)
   area          float32 [N] (COCO's segmentation area; box area elsewhere)
+  count         int64, the number of instances (PixMo-Count's `count`; len(boxes) elsewhere)
 
 Builders record examples they skip (with the reason) in `info.metadata["skipped"]` and in
 `skipped-<split>.tsv` beside the records; TFDS builds into a temporary directory renamed only
@@ -69,6 +70,7 @@ def features() -> tfds.features.FeaturesDict:
             "ignore_boxes": boxes,
             "iscrowd": tfds.features.Tensor(shape=(None,), dtype=np.int64),
             "area": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+            "count": np.int64,
         }
     )
 
@@ -243,9 +245,14 @@ def example(
     ignore_boxes=(),
     iscrowd=None,
     area=None,
+    count=None,
 ) -> Example:
-    """One example in the schema; `iscrowd` defaults to 0, `area` to the boxes' areas."""
+    """One example in the schema; `iscrowd` defaults to 0, `area` to the boxes' areas and
+    `count` to the number of boxes (of points when there are none)."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    points = np.asarray(points, np.float32).reshape(-1, 2)
+    if count is None:
+        count = len(boxes) or len(points)
     if area is None:
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return {
@@ -259,10 +266,11 @@ def example(
         "height": int(height),
         "boxes": boxes,
         "labels": np.asarray(labels, np.int64).reshape(-1),
-        "points": np.asarray(points, np.float32).reshape(-1, 2),
+        "points": points,
         "ignore_boxes": np.asarray(ignore_boxes, np.float32).reshape(-1, 4),
         "iscrowd": np.zeros(len(boxes), np.int64)
         if iscrowd is None
         else np.asarray(iscrowd, np.int64).reshape(-1),
         "area": np.asarray(area, np.float32).reshape(-1),
+        "count": int(count),
     }
