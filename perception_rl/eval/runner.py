@@ -93,7 +93,10 @@ def evaluate(
         naming the record.
       ValueError / FileNotFoundError: an unusable config or checkpoint.
     """
-    task = get_task(option(config, "task"))
+    from perception_rl.data import datasets  # Label names of a real dataset's metadata.
+
+    name = option(config, "task")
+    task = get_task(name, **datasets.task_options(name, {}, option(config, "data")))
     split = option(config, "eval.split", "validation")
     source = make_source(config, task, split)
     _check_task(source, task)

@@ -269,7 +269,10 @@ def get_task(config):
     from perception_rl.data import tasks
 
     try:
-        return tasks.get_task(config.task, **dict(config.get("task_options") or {}))
+        from perception_rl.data import datasets
+
+        options = datasets.task_options(config.task, config.get("task_options"), config.data)
+        return tasks.get_task(config.task, **options)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"task: {e}") from None
 
