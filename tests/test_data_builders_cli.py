@@ -125,14 +125,14 @@ def _crowdhuman_112(root):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name, task, raw, train_split, eval_split",
+    "name, task, raw, train_split, eval_split, eval_examples",
     [
-        ("refcoco/refcoco_unc", "grounding", _refcoco_112, "train", "val"),
-        ("crowdhuman", "crowd", _crowdhuman_112, "validation", "validation"),
+        ("refcoco/refcoco_unc", "grounding", _refcoco_112, "train", "val", 1),
+        ("crowdhuman", "crowd", _crowdhuman_112, "validation", "validation", 2),
     ],
 )
 def test_grpo_smoke_run_and_eval_through_the_cli(tmp_path, name, task, raw, train_split,
-                                                 eval_split):
+                                                 eval_split, eval_examples):
     """Build with the CLI, then `main --mode=train` and `--mode=eval` read it by name only."""
     out = tmp_path / "tfds"
     subprocess.run(
@@ -149,4 +149,5 @@ def test_grpo_smoke_run_and_eval_through_the_cli(tmp_path, name, task, raw, trai
     _main(tmp_path / "run", *data, "--mode=eval", f"--config.eval.split={eval_split}",
           f"--config.checkpoint={tmp_path / 'run' / 'policy'}", "--config.eval.num_examples=2")
     summary = json.loads((tmp_path / "run" / "eval" / eval_split / "metrics.json").read_text())
-    assert summary["task"] == task and summary["num_examples"] == 2
+    assert summary["task"] == task and summary["num_examples"] == eval_examples
+    assert (tmp_path / "run" / "eval" / eval_split / "predictions.jsonl").exists()
