@@ -8,7 +8,8 @@ shows TFDS' progress bars, writes array_record with no TensorFlow, and is idempo
 finished build is reused, an interrupted one leaves only a temporary directory that TFDS
 removes. It ends with one line per split: examples written, skipped, and why.
 
-Builder options: `--option max_missing_fraction=0.1` (pixmo_count), `--option stride=10` (uavdt).
+Builder options: `--option max_missing_fraction=0.1` (pixmo_count); the UAVDT stride is a config
+(`uavdt/stride5`).
 """
 
 from __future__ import annotations
