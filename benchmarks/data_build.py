@@ -50,13 +50,17 @@ def write_fixture(root: str, images: int, seed: int = 0) -> int:
             x, y = rng.uniform(0, 140), rng.uniform(0, 100)
             w, h = rng.uniform(1, 40), rng.uniform(1, 40)
             polygon = np.round(rng.uniform(0, 120, 24), 2).tolist()
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id,
-                "category_id": categories[int(rng.integers(len(categories)))]["id"],
-                "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
-                "area": round(w * h * 0.7, 2), "iscrowd": int(rng.random() < 0.01),
-                "segmentation": [polygon],
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": categories[int(rng.integers(len(categories)))]["id"],
+                    "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                    "area": round(w * h * 0.7, 2),
+                    "iscrowd": int(rng.random() < 0.01),
+                    "segmentation": [polygon],
+                }
+            )
     data = {"images": image_records, "annotations": annotations, "categories": categories}
     with open(os.path.join(root, "annotations", "instances_val2017.json"), "w") as f:
         json.dump(data, f)
@@ -71,27 +75,41 @@ def main() -> int:
     args = parser.parse_args()
     load = os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1) and not args.force:
-        print(f"Load average {load:.1f} on {os.cpu_count()} cores: other work is running; "
-              "rerun alone or pass --force (then the figures are flagged).")
+        print(
+            f"Load average {load:.1f} on {os.cpu_count()} cores: other work is running; "
+            "rerun alone or pass --force (then the figures are flagged)."
+        )
         return 1
     shutil.rmtree(args.workdir, ignore_errors=True)
     raw_dir, out = os.path.join(args.workdir, "raw"), os.path.join(args.workdir, "tfds")
     started = time.perf_counter()
     count = write_fixture(raw_dir, args.images)
     json_mb = os.path.getsize(os.path.join(raw_dir, "annotations", "instances_val2017.json")) / 1e6
-    print(f"fixture: {args.images} images, {count} annotations, JSON {json_mb:.0f} MB "
-          f"({time.perf_counter() - started:.0f} s)")
+    print(
+        f"fixture: {args.images} images, {count} annotations, JSON {json_mb:.0f} MB "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "perception_rl.data.build", "coco_detection",
-         f"--manual_dir={raw_dir}", f"--data_dir={out}"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "perception_rl.data.build",
+            "coco_detection",
+            f"--manual_dir={raw_dir}",
+            f"--data_dir={out}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
     flag = f"  [load average {load:.1f}: measured on a busy machine]" if args.force else ""
-    print(f"build: {args.images / seconds:.0f} examples/s ({seconds:.1f} s), "
-          f"peak RSS {peak / GIB:.2f} GiB{flag}")
+    print(
+        f"build: {args.images / seconds:.0f} examples/s ({seconds:.1f} s), "
+        f"peak RSS {peak / GIB:.2f} GiB{flag}"
+    )
     if peak > 2 * GIB:
         print("FAIL: peak RSS above 2 GiB")
         return 1

@@ -26,28 +26,45 @@ ROWS = np.array(
 
 def write_citypersons(root, rows=ROWS):
     cells = np.empty((1, 2), dtype=object)
-    cells[0, 0] = {"cityname": "frankfurt", "im_name": "frankfurt_000000_000294_leftImg8bit.png",
-                   "bbs": rows}
-    cells[0, 1] = {"cityname": "lindau", "im_name": "lindau_000000_000019_leftImg8bit.png",
-                   "bbs": np.zeros((0, 10))}
+    cells[0, 0] = {
+        "cityname": "frankfurt",
+        "im_name": "frankfurt_000000_000294_leftImg8bit.png",
+        "bbs": rows,
+    }
+    cells[0, 1] = {
+        "cityname": "lindau",
+        "im_name": "lindau_000000_000019_leftImg8bit.png",
+        "bbs": np.zeros((0, 10)),
+    }
     (root / "annotations").mkdir(parents=True)
     scipy.io.savemat(root / "annotations" / "anno_val.mat", {"anno_val_aligned": cells})
-    for city, name in (("frankfurt", "frankfurt_000000_000294"), ("lindau", "lindau_000000_000019")):
-        write_image(root / "leftImg8bit" / "val" / city / f"{name}_leftImg8bit.png", 100, 80,
-                    fmt="PNG")
+    for city, name in (
+        ("frankfurt", "frankfurt_000000_000294"),
+        ("lindau", "lindau_000000_000019"),
+    ):
+        write_image(
+            root / "leftImg8bit" / "val" / city / f"{name}_leftImg8bit.png", 100, 80, fmt="PNG"
+        )
     return root
 
 
 def test_all_persons_and_ignore_classes(tmp_path):
     builder = build("citypersons", write_citypersons(tmp_path / "raw"), tmp_path / "out")
     assert builder.info.metadata["label_names"] == [
-        "pedestrian", "rider", "sitting person", "person (other)"]
+        "pedestrian",
+        "rider",
+        "sitting person",
+        "person (other)",
+    ]
     first, second = read("citypersons", "validation", tmp_path / "out")
     np.testing.assert_array_equal(
-        first["boxes"], [[10, 5, 30, 65], [40, 5, 50, 45], [60, 0, 80, 80], [85, 10, 95, 65]])
+        first["boxes"], [[10, 5, 30, 65], [40, 5, 50, 45], [60, 0, 80, 80], [85, 10, 95, 65]]
+    )
     np.testing.assert_array_equal(first["labels"], [0, 0, 0, 1])
     np.testing.assert_array_equal(first["ignore_boxes"], [[0, 50, 30, 70], [90, 40, 110, 70]])
-    assert first["image_name"] == "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png"
+    assert (
+        first["image_name"] == "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png"
+    )
     assert (first["width"], first["height"], first["task"]) == (100, 80, "crowd")
     assert second["boxes"].shape == (0, 4) and second["image_id"] == 1
 
@@ -57,8 +74,10 @@ def test_reasonable_subset_ignores_the_rest(tmp_path):
     first, _ = read("citypersons/reasonable", "validation", tmp_path / "out")
     np.testing.assert_array_equal(first["boxes"], [[10, 5, 30, 65]])
     np.testing.assert_array_equal(first["labels"], [0])
-    np.testing.assert_array_equal(first["ignore_boxes"], [
-        [40, 5, 50, 45], [60, 0, 80, 80], [85, 10, 95, 65], [0, 50, 30, 70], [90, 40, 110, 70]])
+    np.testing.assert_array_equal(
+        first["ignore_boxes"],
+        [[40, 5, 50, 45], [60, 0, 80, 80], [85, 10, 95, 65], [0, 50, 30, 70], [90, 40, 110, 70]],
+    )
 
 
 def test_unknown_class_names_the_record(tmp_path):

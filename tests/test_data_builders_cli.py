@@ -36,8 +36,13 @@ def test_cli_reports_skips_per_split(tmp_path, capsys):
     from test_data_builders_pixmo import write_pixmo
 
     raw_dir = write_pixmo(tmp_path / "raw")
-    args = ["pixmo_count", f"--manual_dir={raw_dir}", f"--data_dir={tmp_path}/out",
-            "--option", "max_missing_fraction=0.5"]
+    args = [
+        "pixmo_count",
+        f"--manual_dir={raw_dir}",
+        f"--data_dir={tmp_path}/out",
+        "--option",
+        "max_missing_fraction=0.5",
+    ]
     assert build.main(args) == 0
     assert (
         "pixmo_count/1.0.0 validation: 2 examples, 2 skipped (1 image missing, 1 sha256 mismatch)"
@@ -48,8 +53,13 @@ def test_cli_reports_skips_per_split(tmp_path, capsys):
 def test_source_errors_say_how_to_build_and_which_splits_exist(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"python -m perception_rl.data.build crowdhuman"):
         datasets.source("crowdhuman", "validation", data_dir=tmp_path)
-    build.main(["crowdhuman", f"--manual_dir={write_crowdhuman(tmp_path / 'raw')}",
-                f"--data_dir={tmp_path}"])
+    build.main(
+        [
+            "crowdhuman",
+            f"--manual_dir={write_crowdhuman(tmp_path / 'raw')}",
+            f"--data_dir={tmp_path}",
+        ]
+    )
     with pytest.raises(FileNotFoundError, match=r"no split 'val'.*\['validation'\]"):
         datasets.source("crowdhuman", "val", data_dir=tmp_path)
     with pytest.raises(KeyError, match="names no dataset"):
@@ -57,24 +67,34 @@ def test_source_errors_say_how_to_build_and_which_splits_exist(tmp_path):
 
 
 def test_pipeline_tfds_source_reads_real_datasets_by_name(tmp_path):
-    build.main(["refcoco/refcoco_unc", f"--manual_dir={write_refer(tmp_path / 'raw')}",
-                f"--data_dir={tmp_path}"])
+    build.main(
+        [
+            "refcoco/refcoco_unc",
+            f"--manual_dir={write_refer(tmp_path / 'raw')}",
+            f"--data_dir={tmp_path}",
+        ]
+    )
     for name in ("refcoco/refcoco_unc", "refcoco_unc"):
         examples = pipeline.tfds_source(name, "train", str(tmp_path))
         assert len(examples) == 2 and examples[1]["query"] == "guy in red"
-    batch = list(pipeline.make_dataset(examples, seed=0, shard_index=0, shard_count=1,
-                                       shuffle=False, num_epochs=1))
+    batch = list(
+        pipeline.make_dataset(
+            examples, seed=0, shard_index=0, shard_count=1, shuffle=False, num_epochs=1
+        )
+    )
     np.testing.assert_array_equal(batch[0]["boxes"], [[2.5, 3.0, 22.5, 33.25]])
 
 
 def test_detection_task_takes_label_names_from_the_dataset(tmp_path):
-    build.main(["coco_detection", f"--manual_dir={write_coco(tmp_path / 'raw')}",
-                f"--data_dir={tmp_path}"])
+    build.main(
+        ["coco_detection", f"--manual_dir={write_coco(tmp_path / 'raw')}", f"--data_dir={tmp_path}"]
+    )
     data = {"source": "tfds", "tfds_config": "coco_detection", "data_dir": str(tmp_path)}
     options = datasets.task_options("detection", {}, data)
     assert options == {"label_names": ("person", "car", "toothbrush")}
     assert datasets.task_options("detection", {"label_names": ("a",)}, data)["label_names"] == (
-        "a",)
+        "a",
+    )
     assert datasets.task_options("detection", {}, {**data, "source": "synthetic"}) == {}
     assert datasets.task_options("ocr", {}, data) == {}
 
@@ -82,19 +102,30 @@ def test_detection_task_takes_label_names_from_the_dataset(tmp_path):
 
     from perception_rl.rl import runtime
 
-    config = ml_collections.ConfigDict(
-        {"task": "detection", "task_options": {}, "data": data}
-    )
+    config = ml_collections.ConfigDict({"task": "detection", "task_options": {}, "data": data})
     assert runtime.get_task(config).label_names == ("person", "car", "toothbrush")
 
 
 def _main(workdir, *args, timeout=600):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu"
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "perception_rl.main", "--config=configs/smoke.py",
-         f"--workdir={workdir}", "--config.mesh_shape=(1,1,1)", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        [
+            sys.executable,
+            "-m",
+            "perception_rl.main",
+            "--config=configs/smoke.py",
+            f"--workdir={workdir}",
+            "--config.mesh_shape=(1,1,1)",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -112,9 +143,16 @@ def _refcoco_112(root):
 
 
 def _crowdhuman_112(root):
-    records = [{"ID": f"img{i}", "gtboxes": [
-        {"tag": "person", "fbox": [10 + i, 10, 30, 60], "vbox": [10, 10, 20, 40]},
-        {"tag": "mask", "fbox": [70, 0, 30, 30], "vbox": [70, 0, 30, 30]}]} for i in range(3)]
+    records = [
+        {
+            "ID": f"img{i}",
+            "gtboxes": [
+                {"tag": "person", "fbox": [10 + i, 10, 30, 60], "vbox": [10, 10, 20, 40]},
+                {"tag": "mask", "fbox": [70, 0, 30, 30], "vbox": [70, 0, 30, 30]},
+            ],
+        }
+        for i in range(3)
+    ]
     root.mkdir(parents=True)
     with open(root / "annotation_val.odgt", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
@@ -131,23 +169,48 @@ def _crowdhuman_112(root):
         ("crowdhuman", "crowd", _crowdhuman_112, "validation", "validation", 2),
     ],
 )
-def test_grpo_smoke_run_and_eval_through_the_cli(tmp_path, name, task, raw, train_split,
-                                                 eval_split, eval_examples):
+def test_grpo_smoke_run_and_eval_through_the_cli(
+    tmp_path, name, task, raw, train_split, eval_split, eval_examples
+):
     """Build with the CLI, then `main --mode=train` and `--mode=eval` read it by name only."""
     out = tmp_path / "tfds"
     subprocess.run(
-        [sys.executable, "-m", "perception_rl.data.build", name,
-         f"--manual_dir={raw(tmp_path / 'raw')}", f"--data_dir={out}"],
-        cwd=ROOT, check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "perception_rl.data.build",
+            name,
+            f"--manual_dir={raw(tmp_path / 'raw')}",
+            f"--data_dir={out}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
-    data = [f"--config.task={task}", "--config.data.source=tfds",
-            f"--config.data.tfds_config={name}", f"--config.data.data_dir={out}"]
-    _main(tmp_path / "run", *data, f"--config.data.split={train_split}",
-          "--config.train.num_steps=1", "--config.train.checkpoint_every=1")
+    data = [
+        f"--config.task={task}",
+        "--config.data.source=tfds",
+        f"--config.data.tfds_config={name}",
+        f"--config.data.data_dir={out}",
+    ]
+    _main(
+        tmp_path / "run",
+        *data,
+        f"--config.data.split={train_split}",
+        "--config.train.num_steps=1",
+        "--config.train.checkpoint_every=1",
+    )
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert len(metrics) == 1 and np.isfinite(metrics[0]["loss"])
-    _main(tmp_path / "run", *data, "--mode=eval", f"--config.eval.split={eval_split}",
-          f"--config.checkpoint={tmp_path / 'run' / 'policy'}", "--config.eval.num_examples=2")
+    _main(
+        tmp_path / "run",
+        *data,
+        "--mode=eval",
+        f"--config.eval.split={eval_split}",
+        f"--config.checkpoint={tmp_path / 'run' / 'policy'}",
+        "--config.eval.num_examples=2",
+    )
     summary = json.loads((tmp_path / "run" / "eval" / eval_split / "metrics.json").read_text())
     assert summary["task"] == task and summary["num_examples"] == eval_examples
     assert (tmp_path / "run" / "eval" / eval_split / "predictions.jsonl").exists()

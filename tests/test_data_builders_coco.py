@@ -23,21 +23,55 @@ def instances(split="val"):
         "info": {"year": 2017},
         "licenses": [],
         "images": [
-            {"id": 139, "file_name": "000000000139.jpg", "width": 64, "height": 48,
-             "license": 2, "coco_url": "http://x"},
+            {
+                "id": 139,
+                "file_name": "000000000139.jpg",
+                "width": 64,
+                "height": 48,
+                "license": 2,
+                "coco_url": "http://x",
+            },
             {"id": 285, "file_name": "000000000285.jpg", "width": 32, "height": 40},
             {"id": 632, "file_name": "000000000632.jpg", "width": 50, "height": 30},  # empty
         ],
         "annotations": [
-            {"id": 1, "image_id": 139, "category_id": 1, "bbox": [1.5, 2.25, 10.0, 20.5],
-             "area": 150.75, "iscrowd": 0, "segmentation": [[1, 2, 3, 4, 5, 6]]},
-            {"id": 2, "image_id": 285, "category_id": 90, "bbox": [0, 0, 32, 40],
-             "area": 900.0, "iscrowd": 0, "segmentation": [[0, 0, 1, 1, 2, 2]]},
+            {
+                "id": 1,
+                "image_id": 139,
+                "category_id": 1,
+                "bbox": [1.5, 2.25, 10.0, 20.5],
+                "area": 150.75,
+                "iscrowd": 0,
+                "segmentation": [[1, 2, 3, 4, 5, 6]],
+            },
+            {
+                "id": 2,
+                "image_id": 285,
+                "category_id": 90,
+                "bbox": [0, 0, 32, 40],
+                "area": 900.0,
+                "iscrowd": 0,
+                "segmentation": [[0, 0, 1, 1, 2, 2]],
+            },
             # A crowd annotation (RLE segmentation), kept with iscrowd = 1.
-            {"id": 3, "image_id": 139, "category_id": 1, "bbox": [30, 10, 30, 30],
-             "area": 512.0, "iscrowd": 1, "segmentation": {"counts": [1, 2], "size": [48, 64]}},
-            {"id": 4, "image_id": 139, "category_id": 3, "bbox": [60, 40, 8, 9],  # past border
-             "area": 40.0, "iscrowd": 0, "segmentation": []},
+            {
+                "id": 3,
+                "image_id": 139,
+                "category_id": 1,
+                "bbox": [30, 10, 30, 30],
+                "area": 512.0,
+                "iscrowd": 1,
+                "segmentation": {"counts": [1, 2], "size": [48, 64]},
+            },
+            {
+                "id": 4,
+                "image_id": 139,
+                "category_id": 3,
+                "bbox": [60, 40, 8, 9],  # past border
+                "area": 40.0,
+                "iscrowd": 0,
+                "segmentation": [],
+            },
         ],
         "categories": CATEGORIES,
     }
@@ -49,8 +83,9 @@ def write_coco(root, data=None, gray=False):
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
     for image in data["images"]:
         mode = "L" if gray and image["id"] == 285 else "RGB"
-        write_image(root / "val2017" / image["file_name"], image["width"], image["height"],
-                    mode=mode)
+        write_image(
+            root / "val2017" / image["file_name"], image["width"], image["height"], mode=mode
+        )
     return root
 
 
@@ -68,7 +103,10 @@ def test_every_image_with_crowd_area_and_gapped_category_ids(tmp_path):
     np.testing.assert_array_equal(first["iscrowd"], [0, 1, 0])
     np.testing.assert_array_equal(first["area"], [150.75, 512.0, 40.0])
     assert (first["width"], first["height"], first["image_name"]) == (
-        64, 48, "val2017/000000000139.jpg")
+        64,
+        48,
+        "val2017/000000000139.jpg",
+    )
     np.testing.assert_array_equal(second["boxes"], [[0, 0, 32, 40]])
     np.testing.assert_array_equal(second["labels"], [2])  # toothbrush, the last index
     assert second["image"].shape == (40, 32, 3)  # a grayscale JPEG reads as RGB

@@ -16,18 +16,36 @@ VAL = [
         "ID": "273271,c9db000d5146c15",
         "gtboxes": [
             # A person whose full box crosses the left and bottom borders of the 60x40 image.
-            {"tag": "person", "fbox": [-5, 10, 20, 40], "vbox": [0, 10, 15, 30],
-             "hbox": [2, 10, 5, 5], "extra": {"box_id": 0, "occ": 1, "ignore": 0},
-             "head_attr": {"ignore": 0, "occ": 0, "unsure": 0}},
+            {
+                "tag": "person",
+                "fbox": [-5, 10, 20, 40],
+                "vbox": [0, 10, 15, 30],
+                "hbox": [2, 10, 5, 5],
+                "extra": {"box_id": 0, "occ": 1, "ignore": 0},
+                "head_attr": {"ignore": 0, "occ": 0, "unsure": 0},
+            },
             # A crowd region: tag "mask" -> ignore.
-            {"tag": "mask", "fbox": [30, 0, 10, 10], "vbox": [30, 0, 10, 10],
-             "hbox": [30, 0, 1, 1], "extra": {"box_id": 1, "occ": 0, "ignore": 1}},
+            {
+                "tag": "mask",
+                "fbox": [30, 0, 10, 10],
+                "vbox": [30, 0, 10, 10],
+                "hbox": [30, 0, 1, 1],
+                "extra": {"box_id": 1, "occ": 0, "ignore": 1},
+            },
             # A person flagged ignore.
-            {"tag": "person", "fbox": [40, 5, 8, 20], "vbox": [41, 6, 6, 18],
-             "extra": {"box_id": 2, "ignore": 1}},
+            {
+                "tag": "person",
+                "fbox": [40, 5, 8, 20],
+                "vbox": [41, 6, 6, 18],
+                "extra": {"box_id": 2, "ignore": 1},
+            },
             # No extra.ignore at all: a regular person.
-            {"tag": "person", "fbox": [50.5, 2, 9, 30], "vbox": [51, 3, 8, 20],
-             "extra": {"box_id": 3}},
+            {
+                "tag": "person",
+                "fbox": [50.5, 2, 9, 30],
+                "vbox": [51, 3, 8, 20],
+                "extra": {"box_id": 3},
+            },
         ],
     },
     {"ID": "284193,faa9000f2678b5e", "gtboxes": []},

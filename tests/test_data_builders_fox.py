@@ -20,8 +20,16 @@ def write_fox(root):
         for i, text in enumerate(texts):
             name = f"{language}_{i + 1}.png"
             write_image(folder / f"{language}_pdf_png" / name, 40 + i, 30, mode="RGBA", fmt="PNG")
-            items.append({"image": name, "len": len(text), "conversations": [
-                {"from": "human", "value": PROMPT}, {"from": "gpt", "value": text}]})
+            items.append(
+                {
+                    "image": name,
+                    "len": len(text),
+                    "conversations": [
+                        {"from": "human", "value": PROMPT},
+                        {"from": "gpt", "value": text},
+                    ],
+                }
+            )
         (folder / f"{language}_page_ocr.json").write_text(json.dumps(items, ensure_ascii=False))
     return root
 

@@ -24,27 +24,54 @@ def write_pixmo(root, max_rows=None):
     sha_b = hashlib.sha256(by_name).hexdigest()
     write_image(images / "corrupt.jpg", 20, 10, seed=3)  # hashes to something else
     rows = [
-        {"image_url": "http://a.example/x/cats.jpg", "image_sha256": sha_a, "count": 2,
-         "points": [{"x": 3.5, "y": 4.0}, {"x": 30.0, "y": 20.25}], "label": "cat"},
-        {"image_url": "http://b.example/missing.jpg", "image_sha256": "0" * 64, "count": 1,
-         "points": [{"x": 1.0, "y": 1.0}], "label": "bird"},
-        {"image_url": "http://c.example/p/dog.png?size=big", "image_sha256": sha_b, "count": 3,
-         "points": None, "label": "dog"},
-        {"image_url": "http://d.example/corrupt.jpg", "image_sha256": "f" * 64, "count": 4,
-         "points": [], "label": "car"},
+        {
+            "image_url": "http://a.example/x/cats.jpg",
+            "image_sha256": sha_a,
+            "count": 2,
+            "points": [{"x": 3.5, "y": 4.0}, {"x": 30.0, "y": 20.25}],
+            "label": "cat",
+        },
+        {
+            "image_url": "http://b.example/missing.jpg",
+            "image_sha256": "0" * 64,
+            "count": 1,
+            "points": [{"x": 1.0, "y": 1.0}],
+            "label": "bird",
+        },
+        {
+            "image_url": "http://c.example/p/dog.png?size=big",
+            "image_sha256": sha_b,
+            "count": 3,
+            "points": None,
+            "label": "dog",
+        },
+        {
+            "image_url": "http://d.example/corrupt.jpg",
+            "image_sha256": "f" * 64,
+            "count": 4,
+            "points": [],
+            "label": "car",
+        },
     ]
     point = pa.struct([("x", pa.float32()), ("y", pa.float32())])
-    schema = pa.schema([("image_url", pa.string()), ("image_sha256", pa.string()),
-                        ("count", pa.int32()), ("points", pa.list_(point)),
-                        ("label", pa.string())])
+    schema = pa.schema(
+        [
+            ("image_url", pa.string()),
+            ("image_sha256", pa.string()),
+            ("count", pa.int32()),
+            ("points", pa.list_(point)),
+            ("label", pa.string()),
+        ]
+    )
     table = pa.Table.from_pylist(rows[:max_rows], schema=schema)
     pq.write_table(table, root / "data" / "validation-00000-of-00001.parquet")
     return root
 
 
 def test_rows_join_images_by_sha256_or_name_and_skips_are_listed(tmp_path):
-    builder = build("pixmo_count", write_pixmo(tmp_path / "raw"), tmp_path / "out",
-                    max_missing_fraction=0.5)
+    builder = build(
+        "pixmo_count", write_pixmo(tmp_path / "raw"), tmp_path / "out", max_missing_fraction=0.5
+    )
     cats, dogs = read("pixmo_count", "validation", tmp_path / "out")
     assert (cats["image_id"], cats["query"], cats["count"]) == (0, "cat", 2)
     np.testing.assert_array_equal(cats["points"], [[3.5, 4.0], [30.0, 20.25]])
@@ -65,8 +92,12 @@ def test_rows_join_images_by_sha256_or_name_and_skips_are_listed(tmp_path):
 
 def test_too_many_missing_images_fail_the_build(tmp_path):
     with pytest.raises(raw.RawDataError, match=r"2 of 4 examples skipped.*0.25"):
-        build("pixmo_count", write_pixmo(tmp_path / "raw"), tmp_path / "out",
-              max_missing_fraction=0.25)
+        build(
+            "pixmo_count",
+            write_pixmo(tmp_path / "raw"),
+            tmp_path / "out",
+            max_missing_fraction=0.25,
+        )
     assert not (tmp_path / "out" / "pixmo_count" / "1.0.0").exists()
 
 

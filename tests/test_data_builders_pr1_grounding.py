@@ -19,16 +19,26 @@ def write_pr1(root):
     jpeg = write_image(root / "tmp" / "a.jpg", 50, 40, seed=1)
     png = write_image(root / "tmp" / "b.png", 30, 20, fmt="PNG", seed=2)
     rows = [
-        {"problem": "the dog on the left", "solution": "[1,2,30,40]",
-         "image": {"bytes": jpeg, "path": "COCO_train2014_000000000009.jpg"}},
-        {"problem": "red car", "solution": "[0.5, 1.5, 29.5, 19.5]",
-         "image": {"bytes": png, "path": None}},
+        {
+            "problem": "the dog on the left",
+            "solution": "[1,2,30,40]",
+            "image": {"bytes": jpeg, "path": "COCO_train2014_000000000009.jpg"},
+        },
+        {
+            "problem": "red car",
+            "solution": "[0.5, 1.5, 29.5, 19.5]",
+            "image": {"bytes": png, "path": None},
+        },
     ]
     pq.write_table(pa.Table.from_pylist(rows), root / "refcoco_320k" / "data" / "train-0.parquet")
     write_image(root / "images" / "COCO_train2014_000000000042.jpg", 64, 48, seed=3)
     items = [
-        {"image": "coco/train2014/COCO_train2014_000000000042.jpg", "problem": "man in blue",
-         "solution": [10, 12, 70, 40], "normalized_solution": [156, 250, 1093, 833]},
+        {
+            "image": "coco/train2014/COCO_train2014_000000000042.jpg",
+            "problem": "man in blue",
+            "solution": [10, 12, 70, 40],
+            "normalized_solution": [156, 250, 1093, 833],
+        },
     ]
     (root / "refcocog_val.json").write_text(json.dumps(items))
     return root
@@ -39,7 +49,11 @@ def test_train_parquet_and_eval_json_splits(tmp_path):
     assert sorted(builder.info.splits) == ["refcocog_val", "train"]
     first, second = read("pr1_grounding", "train", tmp_path / "out")
     assert (first["query"], first["image_id"], first["width"], first["height"]) == (
-        "the dog on the left", 0, 50, 40)
+        "the dog on the left",
+        0,
+        50,
+        40,
+    )
     np.testing.assert_array_equal(first["boxes"], [[1, 2, 30, 40]])
     assert first["image_name"] == "COCO_train2014_000000000009.jpg"
     np.testing.assert_array_equal(second["boxes"], [[0.5, 1.5, 29.5, 19.5]])
@@ -47,8 +61,10 @@ def test_train_parquet_and_eval_json_splits(tmp_path):
     (val,) = read("pr1_grounding", "refcocog_val", tmp_path / "out")
     # x2 = 70 is past the 64-pixel border: stored as given.
     np.testing.assert_array_equal(val["boxes"], [[10, 12, 70, 40]])
-    assert (val["query"], val["image_name"]) == ("man in blue",
-                                                 "images/COCO_train2014_000000000042.jpg")
+    assert (val["query"], val["image_name"]) == (
+        "man in blue",
+        "images/COCO_train2014_000000000042.jpg",
+    )
 
 
 def test_bad_solution_names_file_and_item(tmp_path):

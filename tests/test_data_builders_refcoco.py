@@ -23,30 +23,79 @@ def _sentence(sent_id, sent):
 def _refs():
     return [
         # Two sentences for one ref: two examples.
-        {"ref_id": 0, "ann_id": 101, "image_id": 1, "category_id": 1, "split": "train",
-         "sent_ids": [10, 11], "file_name": "stale.jpg",
-         "sentences": [_sentence(10, "man on left"), _sentence(11, "guy in red")]},
-        {"ref_id": 1, "ann_id": 102, "image_id": 2, "category_id": 3, "split": "testA",
-         "sent_ids": [12], "sentences": [_sentence(12, "café table")]},
-        {"ref_id": 2, "ann_id": 103, "image_id": 1, "category_id": 3, "split": "val",
-         "sent_ids": [13], "sentences": [_sentence(13, "right chair")]},
+        {
+            "ref_id": 0,
+            "ann_id": 101,
+            "image_id": 1,
+            "category_id": 1,
+            "split": "train",
+            "sent_ids": [10, 11],
+            "file_name": "stale.jpg",
+            "sentences": [_sentence(10, "man on left"), _sentence(11, "guy in red")],
+        },
+        {
+            "ref_id": 1,
+            "ann_id": 102,
+            "image_id": 2,
+            "category_id": 3,
+            "split": "testA",
+            "sent_ids": [12],
+            "sentences": [_sentence(12, "café table")],
+        },
+        {
+            "ref_id": 2,
+            "ann_id": 103,
+            "image_id": 1,
+            "category_id": 3,
+            "split": "val",
+            "sent_ids": [13],
+            "sentences": [_sentence(13, "right chair")],
+        },
     ]
 
 
 def _instances():
     return {
-        "images": [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "width": w,
-                    "height": h} for i, (w, h) in SIZES.items()],
+        "images": [
+            {"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "width": w, "height": h}
+            for i, (w, h) in SIZES.items()
+        ],
         "annotations": [
-            {"id": 101, "image_id": 1, "category_id": 1, "bbox": [2.5, 3.0, 20.0, 30.25],
-             "area": 400.0, "iscrowd": 0, "segmentation": [[0, 0, 1, 1, 2, 2]]},
+            {
+                "id": 101,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [2.5, 3.0, 20.0, 30.25],
+                "area": 400.0,
+                "iscrowd": 0,
+                "segmentation": [[0, 0, 1, 1, 2, 2]],
+            },
             # Past the right border (x2 = 85 > 80): stored as given.
-            {"id": 102, "image_id": 2, "category_id": 3, "bbox": [60.0, 1.0, 25.0, 10.0],
-             "area": 200.0, "iscrowd": 0, "segmentation": []},
-            {"id": 103, "image_id": 1, "category_id": 3, "bbox": [40, 10, 8, 8],
-             "area": 50.5, "iscrowd": 0},
-            {"id": 104, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1,
-             "iscrowd": 0},
+            {
+                "id": 102,
+                "image_id": 2,
+                "category_id": 3,
+                "bbox": [60.0, 1.0, 25.0, 10.0],
+                "area": 200.0,
+                "iscrowd": 0,
+                "segmentation": [],
+            },
+            {
+                "id": 103,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [40, 10, 8, 8],
+                "area": 50.5,
+                "iscrowd": 0,
+            },
+            {
+                "id": 104,
+                "image_id": 2,
+                "category_id": 1,
+                "bbox": [0, 0, 1, 1],
+                "area": 1,
+                "iscrowd": 0,
+            },
         ],
         # Category ids with a gap (2 is unused): label indices are 0 and 1.
         "categories": [{"id": 3, "name": "chair"}, {"id": 1, "name": "person"}],
@@ -123,7 +172,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
 
 
 def test_plain_pickles_of_every_protocol_load():
-    for protocol in range(0, pickle.HIGHEST_PROTOCOL + 1):
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         assert safe_pickle.loads(pickle.dumps(_refs(), protocol=protocol)) == _refs()
 
 

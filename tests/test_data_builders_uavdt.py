@@ -36,8 +36,12 @@ def test_stride_keeps_frames_1_and_11_with_boxes_labels_and_ignore(tmp_path):
     builder = build("uavdt", write_uavdt(tmp_path / "raw"), tmp_path / "out")
     assert builder.info.metadata["label_names"] == ["car", "truck", "bus"]
     examples = read("uavdt", "sequences", tmp_path / "out")
-    assert [e["image_id"] for e in examples] == [101_000_001, 101_000_011, 1302_000_001,
-                                                 1302_000_011]
+    assert [e["image_id"] for e in examples] == [
+        101_000_001,
+        101_000_011,
+        1302_000_001,
+        1302_000_011,
+    ]
     first, eleventh, other_first, other_eleventh = examples
     np.testing.assert_array_equal(first["boxes"], [[10, 5, 18, 9], [50, 20, 65, 32]])
     np.testing.assert_array_equal(first["labels"], [0, 2])

@@ -35,12 +35,16 @@ def test_classes_boxes_and_ignore_regions(tmp_path):
     np.testing.assert_array_equal(second["ignore_boxes"], [[1, 2, 4, 6]])
     np.testing.assert_array_equal(third["boxes"], [[45, 5, 55, 45]])
     assert (third["image_id"], third["image_name"], third["query"]) == (
-        2, "images/img00003.jpg", "pedestrian")
+        2,
+        "images/img00003.jpg",
+        "pedestrian",
+    )
 
 
 def test_no_class_config_and_a_wrong_layout(tmp_path):
-    root = write_wider(tmp_path / "raw", ["img00001.jpg 10 20 5 15", "ad00002.jpg",
-                                         "img00003.jpg 1 2 3 4 5 6 7 8"])
+    root = write_wider(
+        tmp_path / "raw", ["img00001.jpg 10 20 5 15", "ad00002.jpg", "img00003.jpg 1 2 3 4 5 6 7 8"]
+    )
     build("wider_pedestrian/no_class", root, tmp_path / "out")
     first, _, third = read("wider_pedestrian/no_class", "validation", tmp_path / "out")
     np.testing.assert_array_equal(first["boxes"], [[10, 20, 15, 35]])

@@ -29,8 +29,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("name", nargs="?", help="NAME or NAME/CONFIG, e.g. refcoco/refcoco_unc")
     parser.add_argument("--manual_dir", help="folder holding the downloaded raw files")
     parser.add_argument("--data_dir", default="~/tensorflow_datasets", help="output folder")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="builder option (repeatable)")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="builder option (repeatable)",
+    )
     parser.add_argument("--list", action="store_true", help="list datasets and configs")
     args = parser.parse_args(argv)
     if not args.list and not (args.name and args.manual_dir):
@@ -89,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     builder = build(args.name, args.manual_dir, args.data_dir, **options(args.option))
     print("\n".join(summary(builder)))
-    print(f"Read it with perception_rl.data.datasets.source({args.name!r}, SPLIT, "
-          f"data_dir={args.data_dir!r}).")
+    print(
+        f"Read it with perception_rl.data.datasets.source({args.name!r}, SPLIT, "
+        f"data_dir={args.data_dir!r})."
+    )
     return 0
 
 

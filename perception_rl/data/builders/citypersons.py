@@ -20,6 +20,7 @@ Full boxes are stored as given (they may leave the image); `image_id` is the ima
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 import scipy.io
@@ -50,7 +51,7 @@ class CityPersons(raw.RawBuilder):
     TASK = "crowd"
     HOMEPAGE = "https://github.com/cvgroup-njust/CityPersons"
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list] = [
         CityPersonsConfig(name="all", description="Classes 1-4 as boxes; 0 and 5 ignored."),
         CityPersonsConfig(
             name="reasonable", reasonable=True, description="Reasonable: h >= 50, vis >= 0.65."
@@ -73,17 +74,20 @@ class CityPersons(raw.RawBuilder):
             where = f"{path} record {index} ({im_name})"
             image, width, height = raw.image_bytes(root / name, PUBLISHED)
             boxes, labels, ignore = self._boxes(rows, width, height, where)
-            yield im_name, raw.example(
-                image=image,
-                image_id=index,
-                image_name=name,
-                task=self.TASK,
-                width=width,
-                height=height,
-                query="person",
-                boxes=boxes,
-                labels=labels,
-                ignore_boxes=ignore,
+            yield (
+                im_name,
+                raw.example(
+                    image=image,
+                    image_id=index,
+                    image_name=name,
+                    task=self.TASK,
+                    width=width,
+                    height=height,
+                    query="person",
+                    boxes=boxes,
+                    labels=labels,
+                    ignore_boxes=ignore,
+                ),
             )
 
     def _boxes(self, rows, width, height, where):

@@ -17,6 +17,7 @@ streamed (ijson), so memory grows with the annotation count, not with the JSON.
 from __future__ import annotations
 
 import collections
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -34,7 +35,9 @@ class CocoDetection(raw.RawBuilder):
     TASK = "detection"
     HOMEPAGE = "https://cocodataset.org"
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="2017", description="COCO 2017.")]
+    BUILDER_CONFIGS: ClassVar[list] = [
+        tfds.core.BuilderConfig(name="2017", description="COCO 2017.")
+    ]
 
     def _annotation_files(self, root):
         files = {s: root / "annotations" / f"instances_{d}.json" for s, d in SPLITS.items()}
@@ -69,7 +72,10 @@ class CocoDetection(raw.RawBuilder):
                 )
             by_image[annotation.image_id].append(annotation)
         for image in coco_json.images(path):
-            yield image.id, self._example(root, path, folder, image, by_image.pop(image.id, []), index)
+            yield (
+                image.id,
+                self._example(root, path, folder, image, by_image.pop(image.id, []), index),
+            )
         if by_image:
             image_id = next(iter(by_image))
             raise raw.RawDataError(f"{path}: annotations for image_id {image_id}, not in images.")
@@ -84,8 +90,12 @@ class CocoDetection(raw.RawBuilder):
                 f"{image.width}x{image.height}."
             )
         boxes = [
-            raw.check_box(raw.xywh_to_xyxy(a.bbox, f"{where} annotation {a.id}"), width, height,
-                          f"{where} annotation {a.id}")
+            raw.check_box(
+                raw.xywh_to_xyxy(a.bbox, f"{where} annotation {a.id}"),
+                width,
+                height,
+                f"{where} annotation {a.id}",
+            )
             for a in annotations
         ]
         return raw.example(

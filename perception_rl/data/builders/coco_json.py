@@ -52,7 +52,9 @@ def _field(path: epath.Path, section: str, index: int, item, keys: tuple[str, ..
 
 def categories(path: epath.Path) -> list[tuple[int, str]]:
     """`(id, name)` of every category, sorted by id (ids may have gaps: COCO's 1–90)."""
-    found = [_field(path, "categories", i, c, ("id", "name")) for i, c in _items(path, "categories")]
+    found = [
+        _field(path, "categories", i, c, ("id", "name")) for i, c in _items(path, "categories")
+    ]
     return sorted((int(i), str(n)) for i, n in found)
 
 
@@ -69,10 +71,19 @@ def annotations(path: epath.Path) -> Iterator[tuple[int, Annotation]]:
     for index, item in _items(path, "annotations"):
         id_, image_id, category_id, bbox = _field(path, "annotations", index, item, keys)
         if not isinstance(bbox, list) or len(bbox) != 4:
-            raise RawDataError(f"{path}: annotations[{index}] (id {id_}) bbox {bbox!r} is not [x, y, w, h].")
+            raise RawDataError(
+                f"{path}: annotations[{index}] (id {id_}) bbox {bbox!r} is not [x, y, w, h]."
+            )
         area = item.get("area")
         area = float(bbox[2]) * float(bbox[3]) if area is None else float(area)
-        yield index, Annotation(
-            int(id_), int(image_id), int(category_id), tuple(map(float, bbox)),
-            int(item.get("iscrowd", 0)), area,
+        yield (
+            index,
+            Annotation(
+                int(id_),
+                int(image_id),
+                int(category_id),
+                tuple(map(float, bbox)),
+                int(item.get("iscrowd", 0)),
+                area,
+            ),
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -41,7 +42,7 @@ class CrowdHuman(raw.RawBuilder):
     TASK = "crowd"
     HOMEPAGE = "https://www.crowdhuman.org"
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list] = [
         CrowdHumanConfig(name="full", box="fbox", description="Full-body boxes (fbox)."),
         CrowdHumanConfig(name="visible", box="vbox", description="Visible boxes (vbox)."),
     ]
@@ -69,17 +70,20 @@ class CrowdHuman(raw.RawBuilder):
                     raise raw.RawDataError(f"{where}: not an odgt record ({e!r}).") from e
                 image, width, height = raw.image_bytes(root / name, PUBLISHED)
                 boxes, ignore = self._boxes(gtboxes, width, height, f"{where} (ID {record['ID']})")
-                yield record["ID"], raw.example(
-                    image=image,
-                    image_id=index,
-                    image_name=name,
-                    task=self.TASK,
-                    width=width,
-                    height=height,
-                    query="person",
-                    boxes=boxes,
-                    labels=[0] * len(boxes),
-                    ignore_boxes=ignore,
+                yield (
+                    record["ID"],
+                    raw.example(
+                        image=image,
+                        image_id=index,
+                        image_name=name,
+                        task=self.TASK,
+                        width=width,
+                        height=height,
+                        query="person",
+                        boxes=boxes,
+                        labels=[0] * len(boxes),
+                        ignore_boxes=ignore,
+                    ),
                 )
 
     def _boxes(self, gtboxes, width, height, where):

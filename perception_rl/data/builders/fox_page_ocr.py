@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -38,7 +39,7 @@ class FoxPageOcr(raw.RawBuilder):
     TASK = "ocr"
     HOMEPAGE = "https://github.com/ucaslcl/Fox"
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list] = [
         FoxConfig(name="en", language="en", description="112 English pages."),
         FoxConfig(name="cn", language="cn", description="100 Chinese pages."),
     ]
@@ -63,16 +64,21 @@ class FoxPageOcr(raw.RawBuilder):
             try:
                 name, text = f"{images}/{item['image']}", str(item["conversations"][1]["value"])
             except (KeyError, IndexError, TypeError) as e:
-                raise raw.RawDataError(f"{where}: needs image and two conversations ({e!r}).") from e
+                raise raw.RawDataError(
+                    f"{where}: needs image and two conversations ({e!r})."
+                ) from e
             image, width, height = raw.image_bytes(folder / name, PUBLISHED)
-            yield index, raw.example(
-                image=image,
-                image_id=index,
-                image_name=name,
-                task=self.TASK,
-                width=width,
-                height=height,
-                text=text,
+            yield (
+                index,
+                raw.example(
+                    image=image,
+                    image_id=index,
+                    image_name=name,
+                    task=self.TASK,
+                    width=width,
+                    height=height,
+                    text=text,
+                ),
             )
 
 

@@ -53,9 +53,7 @@ class PixmoCount(raw.RawBuilder):
             raw.require(root / "data" / "validation-00000-of-00001.parquet", PUBLISHED)
         images = _image_index(raw.require(root / "images", PUBLISHED))
         for split in files:
-            self.skips[split] = raw.Skips(
-                self.max_missing_fraction, "(see --max_missing_fraction)"
-            )
+            self.skips[split] = raw.Skips(self.max_missing_fraction, "(see --max_missing_fraction)")
         return {split: self._examples(split, paths, images) for split, paths in files.items()}
 
     def _examples(self, split, paths, images):

@@ -80,7 +80,9 @@ class Pr1Grounding(raw.RawBuilder):
                     except (TypeError, KeyError) as e:
                         raise raw.RawDataError(f"{where}: no image bytes ({e!r}).") from e
                     image, width, height = raw.rgb_bytes(data, where)
-                    name = (row["image"].get("path") or "") if isinstance(row["image"], dict) else ""
+                    name = (
+                        (row["image"].get("path") or "") if isinstance(row["image"], dict) else ""
+                    )
                     yield index, self._example(where, index, image, name, width, height, row)
                     index += 1
 
@@ -140,8 +142,11 @@ def _parquet_files(folder) -> list:
         return []
     found = []
     for directory, _, names in os.walk(folder):
-        found += [folder / os.path.relpath(os.path.join(directory, n), folder)
-                  for n in names if n.endswith(".parquet")]
+        found += [
+            folder / os.path.relpath(os.path.join(directory, n), folder)
+            for n in names
+            if n.endswith(".parquet")
+        ]
     return sorted(found)
 
 

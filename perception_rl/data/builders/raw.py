@@ -32,6 +32,7 @@ import collections
 import io
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from typing import ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -85,7 +86,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     TASK = ""
     HOMEPAGE = ""
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "Initial release."}
 
     def __init__(self, *, file_format: str | None = "array_record", **kwargs):
         super().__init__(file_format=file_format, **kwargs)
@@ -173,7 +174,9 @@ class Skips:
 def require(path: epath.Path, published_at: str) -> epath.Path:
     """`path`, or an error naming it and where the dataset is published."""
     if not path.exists():
-        raise MissingFileError(f"Missing {path}: expected in manual_dir; get it from {published_at}.")
+        raise MissingFileError(
+            f"Missing {path}: expected in manual_dir; get it from {published_at}."
+        )
     return path
 
 

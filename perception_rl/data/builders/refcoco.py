@@ -17,6 +17,7 @@ unpickler that refuses every global (`safe_pickle`).
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 from etils import epath
@@ -49,7 +50,7 @@ class RefCoco(raw.RawBuilder):
     TASK = "grounding"
     HOMEPAGE = "https://github.com/lichengunc/refer"
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list] = [
         RefCocoConfig(name="refcoco_unc", dataset="refcoco", split_by="unc"),
         RefCocoConfig(name="refcocoplus_unc", dataset="refcoco+", split_by="unc"),
         RefCocoConfig(name="refcocog_umd", dataset="refcocog", split_by="umd"),
@@ -100,18 +101,21 @@ class RefCoco(raw.RawBuilder):
                 )
             box = raw.check_box(raw.xywh_to_xyxy(annotation.bbox, where), width, height, where)
             for sentence in ref["sentences"]:
-                yield sentence["sent_id"], raw.example(
-                    image=pixels,
-                    image_id=sentence["sent_id"],
-                    image_name=name,
-                    task=self.TASK,
-                    width=width,
-                    height=height,
-                    query=_text(sentence["sent"]),
-                    boxes=[box],
-                    labels=[index[annotation.category_id]],
-                    area=[annotation.area],
-                    iscrowd=[annotation.iscrowd],
+                yield (
+                    sentence["sent_id"],
+                    raw.example(
+                        image=pixels,
+                        image_id=sentence["sent_id"],
+                        image_name=name,
+                        task=self.TASK,
+                        width=width,
+                        height=height,
+                        query=_text(sentence["sent"]),
+                        boxes=[box],
+                        labels=[index[annotation.category_id]],
+                        area=[annotation.area],
+                        iscrowd=[annotation.iscrowd],
+                    ),
                 )
 
 

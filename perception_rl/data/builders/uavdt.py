@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import os
 import re
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -43,7 +44,7 @@ class Uavdt(raw.RawBuilder):
     TASK = "crowd"
     HOMEPAGE = "https://sites.google.com/view/grli-uavdt"
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list] = [
         UavdtConfig(name=f"stride{n}", stride=n, description=f"Every {n}th frame.")
         for n in (10, 1, 5, 30)
     ]
@@ -67,7 +68,9 @@ class Uavdt(raw.RawBuilder):
             return {"sequences": self._examples(root, gt, sequences)}
         splits = {}
         for split in ("train", "test"):
-            listed = {n.split("_")[0] for n in os.listdir(raw.require(attributes / split, PUBLISHED))}
+            listed = {
+                n.split("_")[0] for n in os.listdir(raw.require(attributes / split, PUBLISHED))
+            }
             splits[split] = self._examples(root, gt, [s for s in sequences if s in listed])
         return splits
 
@@ -82,8 +85,11 @@ class Uavdt(raw.RawBuilder):
             for frame in frames:
                 if (frame - 1) % stride:
                     continue
-                yield f"{sequence}/{frame}", self._example(
-                    root, sequence, frame, boxes.get(frame, []), ignores.get(frame, [])
+                yield (
+                    f"{sequence}/{frame}",
+                    self._example(
+                        root, sequence, frame, boxes.get(frame, []), ignores.get(frame, [])
+                    ),
                 )
 
     def _example(self, root, sequence, frame, rows, ignore_rows):

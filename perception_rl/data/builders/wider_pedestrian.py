@@ -17,6 +17,7 @@ An image without boxes still has a line. `image_id` is the line's index.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import tensorflow_datasets as tfds
 
@@ -41,7 +42,7 @@ class WiderPedestrian(raw.RawBuilder):
     TASK = "crowd"
     HOMEPAGE = "https://wider-challenge.org"
     MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
-    BUILDER_CONFIGS = [
+    BUILDER_CONFIGS: ClassVar[list] = [
         WiderConfig(name="default", with_class=True, description="c x y w h per box."),
         WiderConfig(name="no_class", with_class=False, description="x y w h per box."),
     ]
@@ -89,21 +90,25 @@ class WiderPedestrian(raw.RawBuilder):
                     raw.check_box(box, width, height, f"{ignore_path} ({image_name})")
                     for box in ignores.pop(image_name, [])
                 ]
-                yield image_name, raw.example(
-                    image=image,
-                    image_id=index,
-                    image_name=name,
-                    task=self.TASK,
-                    width=width,
-                    height=height,
-                    query="pedestrian",
-                    boxes=boxes,
-                    labels=labels,
-                    ignore_boxes=ignore,
+                yield (
+                    image_name,
+                    raw.example(
+                        image=image,
+                        image_id=index,
+                        image_name=name,
+                        task=self.TASK,
+                        width=width,
+                        height=height,
+                        query="pedestrian",
+                        boxes=boxes,
+                        labels=labels,
+                        ignore_boxes=ignore,
+                    ),
                 )
         if ignores:
-            raise raw.RawDataError(f"{ignore_path}: ignore regions for {next(iter(ignores))}, "
-                                   f"an image not in {path}.")
+            raise raw.RawDataError(
+                f"{ignore_path}: ignore regions for {next(iter(ignores))}, an image not in {path}."
+            )
 
 
 def _numbers(fields, where) -> list[float]:
