@@ -98,7 +98,9 @@ class CityPersons(raw.RawBuilder):
             label = int(row[0])
             if label not in range(6):
                 raise raw.RawDataError(f"{at}: class {label} is not 0-5.")
-            box = raw.check_box(raw.xywh_to_xyxy(row[1:5], at), width, height, at)
+            box = self._box(raw.xywh_to_xyxy(row[1:5], at), width, height, at)
+            if box is None:
+                continue
             if config.reasonable:
                 area = row[3] * row[4]
                 visibility = row[8] * row[9] / area if area > 0 else 0.0

@@ -89,15 +89,14 @@ class CocoDetection(raw.RawBuilder):
                 f"{where}: the file is {width}x{height}, the annotations say "
                 f"{image.width}x{image.height}."
             )
-        boxes = [
-            raw.check_box(
-                raw.xywh_to_xyxy(a.bbox, f"{where} annotation {a.id}"),
-                width,
-                height,
-                f"{where} annotation {a.id}",
-            )
-            for a in annotations
-        ]
+        kept, boxes = [], []
+        for a in annotations:
+            at = f"{where} annotation {a.id}"
+            box = self._box(raw.xywh_to_xyxy(a.bbox, at), width, height, at)
+            if box is not None:
+                kept.append(a)
+                boxes.append(box)
+        annotations = kept
         return raw.example(
             image=pixels,
             image_id=image.id,

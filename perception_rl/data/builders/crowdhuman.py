@@ -96,7 +96,9 @@ class CrowdHuman(raw.RawBuilder):
                 ignored = tag != "person" or int((gtbox.get("extra") or {}).get("ignore", 0)) != 0
             except (KeyError, TypeError, ValueError) as e:
                 raise raw.RawDataError(f"{at}: malformed gtbox ({e!r}).") from e
-            box = raw.check_box(raw.xywh_to_xyxy(xywh, at), width, height, at)
+            box = self._box(raw.xywh_to_xyxy(xywh, at), width, height, at)
+            if box is None:
+                continue
             (ignore if ignored else boxes).append(box)
         return boxes, ignore
 

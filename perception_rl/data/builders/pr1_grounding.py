@@ -83,7 +83,9 @@ class Pr1Grounding(raw.RawBuilder):
                     name = (
                         (row["image"].get("path") or "") if isinstance(row["image"], dict) else ""
                     )
-                    yield index, self._example(where, index, image, name, width, height, row)
+                    example = self._example(where, index, image, name, width, height, row)
+                    if example is not None:
+                        yield index, example
                     index += 1
 
     def _evaluation(self, root, path):
@@ -104,14 +106,18 @@ class Pr1Grounding(raw.RawBuilder):
                 path_on_disk = root / "images" / os.path.basename(relative)
             image, width, height = raw.image_bytes(path_on_disk, PUBLISHED)
             name = os.path.relpath(os.fspath(path_on_disk), os.fspath(root))
-            yield index, self._example(where, index, image, name, width, height, item)
+            example = self._example(where, index, image, name, width, height, item)
+            if example is not None:
+                yield index, example
 
     def _example(self, where, index, image, name, width, height, record):
         try:
             query, solution = str(record["problem"]), record["solution"]
         except (KeyError, TypeError) as e:
             raise raw.RawDataError(f"{where}: missing {e}.") from e
-        box = raw.check_box(_box(solution, where), width, height, where)
+        box = self._box(_box(solution, where), width, height, where)
+        if box is None:
+            return None  # Skipped and counted: an expression needs its box.
         return raw.example(
             image=image,
             image_id=index,

@@ -88,9 +88,18 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "Initial release."}
 
-    def __init__(self, *, file_format: str | None = "array_record", **kwargs):
+    def __init__(
+        self, *, on_bad_box: str = "fail", file_format: str | None = "array_record", **kwargs
+    ):
+        """Args: on_bad_box: "fail" (default) stops the build at a box with a negative size or
+        far outside the image, naming it; "skip" drops that annotation (an example whose only
+        box it is) and counts it in the split's skips."""
+        if on_bad_box not in ("fail", "skip"):
+            raise ValueError(f"on_bad_box={on_bad_box!r}; expected 'fail' or 'skip'.")
         super().__init__(file_format=file_format, **kwargs)
         self.skips: dict[str, Skips] = {}
+        self.on_bad_box = on_bad_box
+        self._split = ""  # The split being generated (TFDS generates splits one at a time).
 
     def _info(self) -> tfds.core.DatasetInfo:
         # A module builder states its info directly (dataset_info_from_configs needs a package).
@@ -124,6 +133,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
     def _counted(self, split: str, examples: Iterator[tuple[str, Example]]):
         """Yields the examples, then records the split's skips (metadata + a TSV listing)."""
         skips = self.skips.setdefault(split, Skips())
+        self._split = split
         for key, example in examples:
             skips.kept += 1
             yield key, example
@@ -136,6 +146,16 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _skip(self, split: str, record: str, reason: str) -> None:
         self.skips.setdefault(split, Skips()).add(record, reason)
+
+    def _box(self, box: list[float], width: int, height: int, where: str) -> list[float] | None:
+        """`check_box`, or None (the box skipped and counted) under `on_bad_box="skip"`."""
+        try:
+            return check_box(box, width, height, where)
+        except RawDataError as e:
+            if self.on_bad_box == "fail":
+                raise RawDataError(f"{e} (--option on_bad_box=skip drops such boxes)") from None
+            self._skip(self._split, str(e), "bad box dropped")
+            return None
 
 
 class Skips:

@@ -99,7 +99,9 @@ class RefCoco(raw.RawBuilder):
                     f"{where}: {name} is {width}x{height}, instances.json says "
                     f"{image.width}x{image.height}."
                 )
-            box = raw.check_box(raw.xywh_to_xyxy(annotation.bbox, where), width, height, where)
+            box = self._box(raw.xywh_to_xyxy(annotation.bbox, where), width, height, where)
+            if box is None:
+                continue  # Skipped and counted: the ref's expressions need its box.
             for sentence in ref["sentences"]:
                 yield (
                     sentence["sent_id"],

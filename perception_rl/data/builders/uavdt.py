@@ -95,8 +95,8 @@ class Uavdt(raw.RawBuilder):
     def _example(self, root, sequence, frame, rows, ignore_rows):
         name = f"UAV-benchmark-M/{sequence}/img{frame:06d}.jpg"
         image, width, height = raw.image_bytes(root / name, PUBLISHED)
-        checked = [raw.check_box(box, width, height, where) for where, box, _ in rows]
-        ignore = [raw.check_box(box, width, height, where) for where, box, _ in ignore_rows]
+        rows = [(b, c) for w, b, c in rows if self._box(b, width, height, w) is not None]
+        ignore = [b for w, b, _ in ignore_rows if self._box(b, width, height, w) is not None]
         return raw.example(
             image=image,
             image_id=int(sequence.lstrip("M")) * 1_000_000 + frame,
@@ -105,8 +105,8 @@ class Uavdt(raw.RawBuilder):
             width=width,
             height=height,
             query="vehicle",
-            boxes=checked,
-            labels=[category - 1 for _, _, category in rows],
+            boxes=[box for box, _ in rows],
+            labels=[category - 1 for _, category in rows],
             ignore_boxes=ignore,
         )
 

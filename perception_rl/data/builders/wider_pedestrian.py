@@ -83,13 +83,12 @@ class WiderPedestrian(raw.RawBuilder):
                     label = int(group[0]) if width_per_box == 5 else 1
                     if label not in (1, 2):
                         raise raw.RawDataError(f"{where}: class {group[0]} is not 1 or 2.")
-                    xywh = group[-4:]
-                    boxes.append(raw.check_box(raw.xywh_to_xyxy(xywh, where), width, height, where))
-                    labels.append(label - 1)
-                ignore = [
-                    raw.check_box(box, width, height, f"{ignore_path} ({image_name})")
-                    for box in ignores.pop(image_name, [])
-                ]
+                    box = self._box(raw.xywh_to_xyxy(group[-4:], where), width, height, where)
+                    if box is not None:
+                        boxes.append(box)
+                        labels.append(label - 1)
+                at = f"{ignore_path} ({image_name})"
+                ignore = [b for b in ignores.pop(image_name, []) if self._box(b, width, height, at)]
                 yield (
                     image_name,
                     raw.example(
