@@ -214,3 +214,49 @@ def test_grpo_smoke_run_and_eval_through_the_cli(
     summary = json.loads((tmp_path / "run" / "eval" / eval_split / "metrics.json").read_text())
     assert summary["task"] == task and summary["num_examples"] == eval_examples
     assert (tmp_path / "run" / "eval" / eval_split / "predictions.jsonl").exists()
+
+
+_KILLED_BUILD = """
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from perception_rl.data import build
+from perception_rl.data.builders import raw
+
+image_bytes = raw.image_bytes
+
+
+def slow_image_bytes(*args):  # Leaves time to kill the build half way.
+    print("writing", flush=True)
+    time.sleep(0.5)
+    return image_bytes(*args)
+
+
+raw.image_bytes = slow_image_bytes
+build.main(["crowdhuman", "--manual_dir=" + sys.argv[1], "--data_dir=" + sys.argv[2]])
+"""
+
+
+def test_a_killed_build_reads_as_not_built_and_a_rerun_completes(tmp_path):
+    records = [{"ID": f"i{n}", "gtboxes": []} for n in range(40)]
+    raw_dir = write_crowdhuman(tmp_path / "raw", val=records)
+    out = tmp_path / "out"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_BUILD, str(raw_dir), str(out), str(ROOT)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    written = 0
+    while written < 3:  # Three examples in: the build is under way.
+        line = child.stdout.readline()
+        assert line, "the build ended before it could be killed"
+        written += line.startswith("writing")
+    child.kill()
+    child.wait(timeout=60)
+    assert not (out / "crowdhuman" / "full" / "1.0.0").exists()
+    assert list((out / "crowdhuman" / "full").glob("incomplete*"))  # what the kill left
+    with pytest.raises(FileNotFoundError, match="not built"):
+        datasets.source("crowdhuman", "validation", data_dir=out)
+    build.main(["crowdhuman", f"--manual_dir={raw_dir}", f"--data_dir={out}"])
+    assert len(datasets.source("crowdhuman", "validation", data_dir=out)) == 40
