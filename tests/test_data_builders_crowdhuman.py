@@ -137,3 +137,15 @@ def test_on_bad_box_skip_drops_the_box_and_counts_it(tmp_path):
     assert builder.info.metadata["skipped"] == {"validation": {"bad box dropped": 1}}
     listing = (tmp_path / "out" / "crowdhuman" / "full" / "1.0.0" / "skipped-validation.tsv")
     assert "gtboxes[0]: box [5.0, 5.0, 2.0, 9.0] has a negative width" in listing.read_text()
+
+
+def test_records_keep_the_file_order_when_tfds_spills_to_disk(tmp_path, monkeypatch):
+    """Past TFDS' in-memory buffer, records go through its on-disk buckets: still in order."""
+    from tensorflow_datasets.core import shuffle
+
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1000)  # bytes: spill at once
+    records = [{"ID": f"z{25 - n:02d}", "gtboxes": []} for n in range(25)]  # IDs descending
+    build("crowdhuman", write_crowdhuman(tmp_path / "raw", val=records), tmp_path / "out")
+    examples = read("crowdhuman", "validation", tmp_path / "out")
+    assert [e["image_id"] for e in examples] == list(range(25))
+    assert [e["image_name"] for e in examples] == [f"Images/z{25 - n:02d}.jpg" for n in range(25)]

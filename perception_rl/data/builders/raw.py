@@ -39,9 +39,17 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from perception_rl.data.builders import tfds_spill
+
 Example = dict
 # A coordinate further than this many image sizes outside the image is a corrupt record.
 SANE_RANGE = 4.0
+# With `disable_shuffling`, TFDS sorts records by key and, past 1 GB, spills them to 1,000
+# on-disk buckets by key range (key · 1000 / 2^128), each sorted in memory when written out.
+# Keys `position << KEY_SHIFT` keep the raw files' order and put ~1,049 consecutive examples
+# in each bucket, so memory stays bounded; small keys would all land in one bucket.
+KEY_SHIFT = 108
+MAX_EXAMPLES_PER_SPLIT = 1 << (128 - KEY_SHIFT)  # 1,048,576
 
 
 class RawDataError(ValueError):
@@ -97,6 +105,7 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
         if on_bad_box not in ("fail", "skip"):
             raise ValueError(f"on_bad_box={on_bad_box!r}; expected 'fail' or 'skip'.")
         super().__init__(file_format=file_format, **kwargs)
+        tfds_spill.install()  # Splits above 1 GB spill to disk, TF or not.
         self.skips: dict[str, Skips] = {}
         self.on_bad_box = on_bad_box
         self._split = ""  # The split being generated (TFDS generates splits one at a time).
@@ -134,9 +143,11 @@ class RawBuilder(tfds.core.GeneratorBasedBuilder):
         """Yields the examples, then records the split's skips (metadata + a TSV listing)."""
         skips = self.skips.setdefault(split, Skips())
         self._split = split
-        for key, example in examples:
+        for position, (_, example) in enumerate(examples):
+            if position >= MAX_EXAMPLES_PER_SPLIT:
+                raise RawDataError(f"Split {split}: more than {MAX_EXAMPLES_PER_SPLIT} examples.")
             skips.kept += 1
-            yield key, example
+            yield position << KEY_SHIFT, example
         skips.check(split)
         self.info.metadata["skipped"][split] = dict(skips.counts)
         # self.data_dir is the temporary build directory here, renamed once complete.
