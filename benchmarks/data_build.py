@@ -3,8 +3,9 @@
     python benchmarks/data_build.py --images=20000 --workdir=/tmp/data_build_bench
 
 Writes `instances_val2017.json` (COCO layout, ~7 annotations per image, each with a polygon
-segmentation so the JSON is as heavy per annotation as COCO's) and small JPEGs, then builds
-it with `python -m perception_rl.data.build coco_detection` in a child process and reports
+segmentation so the JSON is as heavy per annotation as COCO's) and 320x240 noise JPEGs (~1.5 GB
+for 20,000: more than TFDS' 1 GB in-memory buffer, so the build goes through its on-disk
+buckets as a real dataset does), then builds it with `python -m perception_rl.data.build coco_detection` in a child process and reports
 the child's peak RSS (`ru_maxrss` of RUSAGE_CHILDREN) and examples/s of the whole build.
 Refuses to measure (unless --force) when the load average shows other work.
 """
@@ -27,7 +28,7 @@ from PIL import Image
 GIB = 1 << 30
 
 
-def write_fixture(root: str, images: int, seed: int = 0) -> int:
+def write_fixture(root: str, images: int, width: int, height: int, seed: int = 0) -> int:
     """Writes the COCO-format fixture; returns the annotation count."""
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
@@ -36,7 +37,7 @@ def write_fixture(root: str, images: int, seed: int = 0) -> int:
     jpegs = []
     for i in range(8):
         buffer = io.BytesIO()
-        pixels = rng.integers(0, 255, (120, 160, 3), np.uint8)
+        pixels = rng.integers(0, 255, (height, width, 3), np.uint8)  # noise: ~1 byte/pixel
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
         jpegs.append(buffer.getvalue())
     categories = [{"id": i, "name": f"class {i}"} for i in range(1, 91) if i % 9]  # id gaps
@@ -45,9 +46,9 @@ def write_fixture(root: str, images: int, seed: int = 0) -> int:
         name = f"{image_id:012d}.jpg"
         with open(os.path.join(root, "val2017", name), "wb") as f:
             f.write(jpegs[image_id % len(jpegs)])
-        image_records.append({"id": image_id, "file_name": name, "width": 160, "height": 120})
+        image_records.append({"id": image_id, "file_name": name, "width": width, "height": height})
         for _ in range(int(rng.integers(0, 15))):
-            x, y = rng.uniform(0, 140), rng.uniform(0, 100)
+            x, y = rng.uniform(0, width - 20), rng.uniform(0, height - 20)
             w, h = rng.uniform(1, 40), rng.uniform(1, 40)
             polygon = np.round(rng.uniform(0, 120, 24), 2).tolist()
             annotations.append(
@@ -71,6 +72,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--workdir", default="/tmp/data_build_bench")
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--force", action="store_true", help="measure even on a busy machine")
     args = parser.parse_args()
     load = os.getloadavg()[0]
@@ -83,11 +86,12 @@ def main() -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     raw_dir, out = os.path.join(args.workdir, "raw"), os.path.join(args.workdir, "tfds")
     started = time.perf_counter()
-    count = write_fixture(raw_dir, args.images)
+    count = write_fixture(raw_dir, args.images, args.width, args.height)
     json_mb = os.path.getsize(os.path.join(raw_dir, "annotations", "instances_val2017.json")) / 1e6
+    images_mb = sum(e.stat().st_size for e in os.scandir(os.path.join(raw_dir, "val2017"))) / 1e6
     print(
-        f"fixture: {args.images} images, {count} annotations, JSON {json_mb:.0f} MB "
-        f"({time.perf_counter() - started:.0f} s)"
+        f"fixture: {args.images} images ({images_mb:.0f} MB), {count} annotations, "
+        f"JSON {json_mb:.0f} MB ({time.perf_counter() - started:.0f} s)"
     )
     started = time.perf_counter()
     subprocess.run(
