@@ -11,7 +11,7 @@ pytest.importorskip("tensorflow_datasets")
 
 from builder_fixtures import build, read, write_image
 
-from perception_rl.data.builders import raw, safe_pickle
+from perception_rl.data.builders import raw, refcoco, safe_pickle
 
 SIZES = {1: (64, 48), 2: (80, 40)}  # image_id -> (width, height)
 
@@ -195,3 +195,12 @@ def test_missing_image_names_file_and_where_to_get_it(tmp_path):
     with pytest.raises(raw.MissingFileError, match=r"COCO_train2014_000000000002.jpg.*cocodataset"):
         build("refcoco/refcoco_unc", raw_dir, tmp_path / "out")
     assert not (tmp_path / "out" / "refcoco" / "refcoco_unc" / "1.0.0").exists()
+
+
+def test_python2_pickles_load_with_utf8_text():
+    # What Python 2's pickle.dumps([{"sent": "café", "sent_id": 7}], 2) writes: the str is
+    # UTF-8 bytes (SHORT_BINSTRING), the keys plain ASCII.
+    data = b"\x80\x02]q\x00}q\x01(U\x04sentq\x02U\x05caf\xc3\xa9q\x03U\x07sent_idq\x04K\x07ua."
+    (ref,) = safe_pickle.loads(data)
+    assert ref["sent_id"] == 7
+    assert refcoco._text(ref["sent"]) == "café"

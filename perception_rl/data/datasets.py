@@ -37,7 +37,12 @@ def builder_class(name: str):
     """The builder class registered as `name` (importing its module registers it with TFDS)."""
     if name not in BUILDERS:
         raise KeyError(f"Unknown dataset {name!r}; known: {sorted(BUILDERS)}.")
-    module = importlib.import_module(f"perception_rl.data.builders.{BUILDERS[name]}")
+    try:
+        module = importlib.import_module(f"perception_rl.data.builders.{BUILDERS[name]}")
+    except ImportError as e:
+        raise ImportError(
+            f"The {name} builder needs {e.name}: pip install 'perception_rl[data]'."
+        ) from e
     return module.Builder
 
 
@@ -46,7 +51,7 @@ def resolve(name: str) -> tuple[str, str | None]:
     builder, _, config = name.partition("/")
     if builder in BUILDERS:
         return builder, config or None
-    owners = [b for b in BUILDERS if name in config_names(b)]
+    owners = [b for b in BUILDERS if name in _config_names_if_importable(b)]
     if len(owners) != 1:
         raise KeyError(
             f"{name!r} names no dataset (or several); use one of {sorted(BUILDERS)}, "
@@ -57,6 +62,15 @@ def resolve(name: str) -> tuple[str, str | None]:
 
 def config_names(builder: str) -> list[str]:
     return [c.name for c in builder_class(builder).BUILDER_CONFIGS]
+
+
+def _config_names_if_importable(builder: str) -> list[str]:
+    """Config names, or none where the builder's dependencies are missing (so that names of
+    `synthetic_perception` configs still resolve with the older `[data]` extra)."""
+    try:
+        return config_names(builder)
+    except ImportError:
+        return []
 
 
 def is_dataset(name: str) -> bool:
