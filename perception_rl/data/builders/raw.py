@@ -194,12 +194,6 @@ class Skips:
                 f"more than the allowed fraction {self.max_fraction} {self.reason_limited}."
             )
 
-    def summary(self) -> str:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
-        return f"{self.kept} examples, {sum(self.counts.values())} skipped" + (
-            f" ({reasons})" if reasons else ""
-        )
-
 
 # ---------------------------------------------------------------------------- files and images
 def require(path: epath.Path, published_at: str) -> epath.Path:
