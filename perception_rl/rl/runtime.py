@@ -271,7 +271,7 @@ def get_task(config):
     try:
         from perception_rl.data import datasets
 
-        options = datasets.task_options(config.task, config.get("task_options"), config.data)
+        options = datasets.task_options(config.task, config.get("task_options"), config.get("data"))
         return tasks.get_task(config.task, **options)
     except (KeyError, ValueError) as e:
         raise ConfigError(f"task: {e}") from None
