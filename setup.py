@@ -44,9 +44,18 @@ setup(
             "tensorflow-datasets>=4.9.10",
             "array-record>=0.8",
             "importlib_resources>=6",
+            "ijson>=3.2",
+            "pyarrow>=14",
         ],
-        # Building / reading TFDS datasets (no TensorFlow needed).
-        "data": ["tensorflow-datasets>=4.9.10", "array-record>=0.8", "importlib_resources>=6"],
+        # Building / reading TFDS datasets (no TensorFlow needed); ijson streams COCO-style
+        # JSON, pyarrow reads PixMo-Count / PR1 parquet.
+        "data": [
+            "tensorflow-datasets>=4.9.10",
+            "array-record>=0.8",
+            "importlib_resources>=6",
+            "ijson>=3.2",
+            "pyarrow>=14",
+        ],
         # METEOR and Chinese segmentation for PageOCR evaluation.
         "ocr": ["nltk>=3.9", "jieba>=0.42"],
         # Bit-exact COCO numbers: coco_metrics(..., backend="pycocotools").

@@ -73,8 +73,15 @@ def make_dataset(
 
 
 def tfds_source(config_name: str, split: str, data_dir: str) -> grain.MapDataset:
-    """Examples of a built `synthetic_perception/<config>` TFDS dataset, read without TF."""
+    """Examples of a built TFDS dataset, read without TF: a real dataset of
+    `perception_rl.data.datasets` (`crowdhuman`, `refcoco/refcoco_unc`, ...) when the name is
+    one, else the `synthetic_perception/<config>` config of that name."""
     import tensorflow_datasets as tfds  # The `[data]` extra; the synthetic path needs no TFDS.
+
+    from perception_rl.data import datasets
+
+    if datasets.is_dataset(config_name):
+        return grain.MapDataset.source(datasets.source(config_name, split, data_dir=data_dir))
 
     from perception_rl.data.builders import synthetic_perception  # Registers the builder.
 

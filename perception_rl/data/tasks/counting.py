@@ -78,7 +78,10 @@ class CountingTask:
 
 
 def count(example: Example) -> int:
-    """Ground-truth count: annotated boxes, else annotated points (PixMo has only points)."""
+    """Ground-truth count: the dataset's `count` where it has one (PixMo-Count's val/test rows
+    carry no points), else annotated boxes, else annotated points."""
+    if example.get("count") is not None:
+        return int(example["count"])
     boxes = np.asarray(example.get("boxes", ()), np.float64).reshape(-1, 4)
     return len(boxes) if len(boxes) else len(np.asarray(example.get("points", ())).reshape(-1, 2))
 

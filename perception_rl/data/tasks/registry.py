@@ -46,11 +46,15 @@ def get_task(name: str, **overrides) -> Task:
 
 
 def task_from_config(config) -> Task:
-    """The task `config.task` with `config.task_options` overriding its fields (training and
+    """The task `config.task` with `config.task_options` overriding its fields, and label names
+    from the dataset's metadata when `config.data` reads a built real dataset (training and
     evaluation build their task here, so both read the same options)."""
+    from perception_rl.data import datasets
+
     options = config.get("task_options") if hasattr(config, "get") else None
+    data = config.get("data") if hasattr(config, "get") else None
     try:
-        return get_task(config.task, **dict(options or {}))
+        return get_task(config.task, **datasets.task_options(config.task, options, data))
     except (KeyError, ValueError) as e:
         raise ConfigError(f"task: {e.args[0] if e.args else e}") from None
 
