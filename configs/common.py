@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.num_examples = config_dict.placeholder(int)
     c.eval.batch_size = 8
     c.eval.max_new_tokens = 256
+    c.eval.repetition_penalty = 1.0  # HF semantics; PR1's grounding eval: 1.05
     c.eval.name = config_dict.placeholder(str)
     c.eval.step = config_dict.placeholder(int)
     c.eval.predictions_file = config_dict.placeholder(str)  # re-score it; no model is loaded

@@ -41,8 +41,8 @@ Config fields read (`ml_collections.ConfigDict` or anything with attributes; def
   data.min_pixels, data.max_pixels: image-processor overrides [the checkpoint's].
 
 A caller with its own checkpoint layout passes `load_policy(config) -> (model, processor)`.
-Decoding is greedy (temperature 0, DESIGN §3), with no repetition penalty (PR1's grounding eval
-uses 1.05; our sampler has none).
+Decoding is greedy (temperature 0, DESIGN §3); eval.repetition_penalty [1.0] is HF's (PR1's
+grounding eval uses 1.05).
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def _predictions(config, task: Task, source, load_policy) -> tuple[list, list, s
         family,
         batch_size=option(config, "eval.batch_size", 8),
         max_new_tokens=option(config, "eval.max_new_tokens", 256),
+        repetition_penalty=option(config, "eval.repetition_penalty", 1.0),
     )
     return records, examples, family
 
@@ -436,9 +437,19 @@ def checkpoint_name(config) -> str:
 
 # --------------------------------------------------------------------------------- decoding
 def predict(
-    task: Task, model, processor, source, family: str, *, batch_size: int, max_new_tokens: int
+    task: Task,
+    model,
+    processor,
+    source,
+    family: str,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    repetition_penalty: float = 1.0,
 ) -> tuple[list[Record], list[Example]]:
     """Greedy completions of every example, parsed to original pixels and scored by the reward.
+
+    `repetition_penalty` is HF's (PR1 decodes grounding with 1.05; 1.0 is off).
 
     Returns:
       (one record per example, in source order; the examples' annotations without pixels).
@@ -471,6 +482,7 @@ def predict(
                 temperature=0.0,
                 eos_ids=eos,
                 pad_id=processor.pad_token_id,
+                repetition_penalty=repetition_penalty,
             )
             texts = [
                 tokenizer.decode(

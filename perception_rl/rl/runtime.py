@@ -27,6 +27,8 @@ from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
 from perception_rl.rl.train_step import BATCH_AXES
 
+# Completions end on either: Qwen's chat turn end and its document end (the eval runner's).
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 # Special tokens whose ids a randomly initialised policy takes from its tokenizer.
 _TOKEN_NAMES = {
     "image_token_id": "<|image_pad|>",
@@ -142,6 +144,18 @@ class Policy:
         cfg = self.model_config
         eos = cfg.eos_token_id
         return eos if eos is not None else self.processor.tokenizer.eos_token_id
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Ids that end a completion, the same in training and evaluation: the model's EOS,
+        `<|im_end|>` and `<|endoftext|>` (those the tokenizer has)."""
+        tokenizer = self.processor.tokenizer
+        ids = [self.eos_id]
+        for token in STOP_TOKENS:
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is not None and token_id != tokenizer.unk_token_id:
+                ids.append(int(token_id))
+        return tuple(dict.fromkeys(ids))  # Deduplicated, in order.
 
 
 def _random_policy(model_config: QwenVLConfig, dtype, seed: int, mesh: Mesh, rules):

@@ -69,7 +69,7 @@ def rollout_config(config, policy: runtime.Policy, task: Any) -> RolloutConfig:
         temperature=rl.temperature,
         top_k=rl.top_k,
         top_p=rl.top_p,
-        eos_ids=(policy.eos_id,),
+        eos_ids=policy.stop_ids,  # The eval runner stops on the same tokens.
         pad_id=policy.pad_id,
         reward=task.reward,
         reward_options=options,
