@@ -222,10 +222,10 @@ def _row_inputs(batch, row):
     grids = batch["image_grid_thw"][images_before[row] : images_before[row + 1]]
     offsets = np.concatenate([[0], np.cumsum(np.prod(batch["image_grid_thw"], axis=1))])
     pixels = batch["pixel_values"][offsets[images_before[row]] : offsets[images_before[row + 1]]]
-    out = dict(
-        input_ids=batch["input_ids"][row : row + 1, keep],
-        attention_mask=batch["attention_mask"][row : row + 1, keep],
-    )
+    out = {
+        "input_ids": batch["input_ids"][row : row + 1, keep],
+        "attention_mask": batch["attention_mask"][row : row + 1, keep],
+    }
     if len(grids):
         out.update(pixel_values=pixels, image_grid_thw=grids)
     return out
@@ -256,7 +256,8 @@ def test_greedy_with_repetition_penalty_matches_hf_generate(checkpoint, penalty)
     hf, path = checkpoint
     model = from_pretrained(path)
     batch = prompt_batch(model)
-    kw = dict(max_new_tokens=24, key=jax.random.key(0), temperature=0, eos_ids=(EOS,), pad_id=2)
+    kw = {"max_new_tokens": 24, "temperature": 0, "eos_ids": (EOS,), "pad_id": 2}
+    kw["key"] = jax.random.key(0)
     ours = generate(model, batch, repetition_penalty=penalty, **kw)
     plain = generate(model, batch, **kw)
     for row in range(len(batch["input_ids"])):
@@ -281,7 +282,12 @@ def test_top_k_top_p_support_equals_hf_warpers():
     from perception_rl.sampling.filters import candidates
 
     rng = np.random.default_rng(0)
-    for temperature, top_k, top_p in [(1.0, 0, 0.9), (0.7, 50, 0.9), (1.3, 10, 0.5), (1.0, 0, 1e-3)]:
+    for temperature, top_k, top_p in [
+        (1.0, 0, 0.9),
+        (0.7, 50, 0.9),
+        (1.3, 10, 0.5),
+        (1.0, 0, 1e-3),
+    ]:
         logits = (rng.standard_normal((16, 300)) * 3).astype(np.float32)
         scores = torch.as_tensor(logits)
         scores = TemperatureLogitsWarper(temperature)(None, scores)

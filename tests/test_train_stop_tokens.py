@@ -4,10 +4,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import smoke  # noqa: E402
-from perception_rl.data.tasks import get_task  # noqa: E402
-from perception_rl.parallel import make_mesh  # noqa: E402
-from perception_rl.rl import runtime, trainer  # noqa: E402
+from configs import smoke
+from perception_rl.data.tasks import get_task
+from perception_rl.parallel import make_mesh
+from perception_rl.rl import runtime, trainer
 
 
 def test_rollouts_stop_on_im_end_and_endoftext():
