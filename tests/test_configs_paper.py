@@ -137,3 +137,28 @@ def test_one_step_with_the_tiny_model(name, tmp_path):
     summary = trainer.train(config, str(tmp_path))
     assert summary["step"] == 1
     assert np.isfinite(summary["metrics"]["loss"])
+
+
+@pytest.mark.parametrize(
+    "task", ["grounding", "counting", "ocr", "detection", "crowdhuman", "citypersons"]
+)
+def test_reproduce_script_builds_trains_and_evaluates(task):
+    import os
+    import subprocess
+
+    env = dict(os.environ, DRY_RUN="1", BASE="/base", RAW="/raw", WORKDIR="/run")
+    result = subprocess.run(
+        ["bash", "experiments/reproduce.sh", task],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    assert all(line.startswith("python -m perception_rl.data.build") for line in lines[:-2])
+    config = lines[-2].split("--config=")[1].split(":")[0]
+    assert (ROOT / config).is_file()
+    assert "--mode=train" in lines[-2]
+    assert lines[-1].startswith("python -m perception_rl.eval.protocol")
+    assert "--checkpoint=/run/checkpoints" in lines[-1]
