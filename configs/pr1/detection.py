@@ -6,8 +6,10 @@ top-p 0.9, 2048 new tokens, ≤ 1 M pixels, one epoch; reward PR1's detection re
 format + F1 + class accuracy + matched IoU, missing penalty on as in the paper's Table 6, clamp
 [0, 3]); label names from the dataset (80 COCO classes). PR1's easy-to-hard curriculum was not
 released and is not reproduced. Evaluation: greedy, 4096 new tokens, pycocotools COCOeval on
-every val2017 image, every box scored 1.0 (PR1's protocol; `--config.task_options.
-score_detections=likelihood` ranks boxes by sequence likelihood instead, a different protocol).
+every val2017 image, every box scored 1.0 (PR1's protocol). Ranking boxes by their sequence
+likelihood is a different protocol: the metric side exists (`task_options.score_detections=
+"likelihood"` reads a `scores` list per prediction), the eval runner does not yet write the
+per-box scores.
 
 Launch (BASE = an HF directory of Qwen/Qwen2.5-VL-3B-Instruct; data built first with
 `python -m perception_rl.data.build coco_detection ...`):
