@@ -98,3 +98,51 @@ def runner_config():
     from configs import common
 
     return common.get_config()
+
+
+@pytest.mark.slow
+def test_command_line_on_a_saved_checkpoint(tmp_path):
+    """`python -m perception_rl.eval.protocol` with a paper config and an HF checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    from test_eval_runner import checkpoint as checkpoint_fixture
+
+    _, path = checkpoint_fixture.__wrapped__(_Factory(tmp_path))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    args = [
+        "--config=configs/dip_r1/crowdhuman.py",
+        f"--checkpoint={path}",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.data.source=synthetic",
+        "--config.eval.num_examples=2",
+        "--config.eval.batch_size=2",
+        "--config.eval.max_new_tokens=8",
+        "--config.dtype=float32",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "perception_rl.eval.protocol", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "run" / "protocol" / "table.md").read_text()
+    assert "| DIP-R1 (paper: unknown) | – | – | – | – |" in table
+    assert "CrowdHuman val MR⁻²↓" in table.splitlines()[0]
+
+
+class _Factory:
+    """Stands in for pytest's tmp_path_factory when calling a fixture function directly."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def mktemp(self, name):
+        path = self.root / name
+        path.mkdir()
+        return path
