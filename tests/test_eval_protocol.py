@@ -146,3 +146,19 @@ class _Factory:
         path = self.root / name
         path.mkdir()
         return path
+
+
+def test_runner_decodes_with_the_configs_repetition_penalty(tmp_path, monkeypatch):
+    from test_eval_runner import OracleGenerate, make_config
+
+    task = get_task("counting")
+    config = make_config(**{"eval.num_examples": 2, "eval.batch_size": 2})
+    config.eval.repetition_penalty = 1.05
+    processor = runner.make_processor(config, tiny("qwen2_5_vl"), [tiny_tokenizer_path()])
+    examples = [synthetic.generate_example("counting", i, split="val") for i in range(2)]
+    oracle = OracleGenerate(task, "qwen2_5_vl", processor, examples)
+    monkeypatch.setattr("perception_rl.sampling.generate", oracle)
+    model = types.SimpleNamespace(config=types.SimpleNamespace(family="qwen2_5_vl"))
+    result = runner.evaluate(config, tmp_path, load_policy=lambda _: (model, processor))
+    assert oracle.options == {"repetition_penalty": 1.05}
+    assert result.metrics["accuracy"] == 1.0
