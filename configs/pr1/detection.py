@@ -7,9 +7,8 @@ format + F1 + class accuracy + matched IoU, missing penalty on as in the paper's
 [0, 3]); label names from the dataset (80 COCO classes). PR1's easy-to-hard curriculum was not
 released and is not reproduced. Evaluation: greedy, 4096 new tokens, pycocotools COCOeval on
 every val2017 image, every box scored 1.0 (PR1's protocol). Ranking boxes by their sequence
-likelihood is a different protocol: the metric side exists (`task_options.score_detections=
-"likelihood"` reads a `scores` list per prediction), the eval runner does not yet write the
-per-box scores.
+likelihood (`perception_rl.eval.box_scores`) is a different protocol:
+`--config.task_options.score_detections=likelihood` (applied by `perception_rl.eval.protocol`).
 
 Launch (BASE = an HF directory of Qwen/Qwen2.5-VL-3B-Instruct; data built first with
 `python -m perception_rl.data.build coco_detection ...`):
@@ -52,6 +51,7 @@ def get_config(arg: str | None = None):
     c.eval.max_new_tokens = 4096
     c.eval.split = "validation"
     c.reward.missing_penalty = True
+    c.task_options.score_detections = "constant"  # PR1: every box 1.0; or "likelihood"
     c.protocol.splits = SPLITS
     c.protocol.columns = tuple(("COCO val2017", key, key) for key in ("AP", "AP50", "AP75", "F1"))
     c.protocol.paper = (

@@ -502,19 +502,30 @@ def predict(
             for row, (index, example, text, geometry) in enumerate(
                 zip(indices, examples, texts, geometries)
             ):
-                records.append(
-                    _record(
-                        task,
-                        index,
-                        example,
-                        text,
-                        geometry,
-                        family,
-                        {k: float(v[row]) for k, v in parts.items()},
-                    )
+                record = _record(
+                    task,
+                    index,
+                    example,
+                    text,
+                    geometry,
+                    family,
+                    {k: float(v[row]) for k, v in parts.items()},
                 )
+                if getattr(task, "score_detections", "constant") == "likelihood":
+                    record["prediction"]["scores"] = _box_scores(task, tokenizer, result, row, text)
+                records.append(record)
             bar.update(len(examples))
     return records, annotations
+
+
+def _box_scores(task: Task, tokenizer, result, row: int, text: str) -> list[float]:
+    """Each kept box's sequence likelihood (`eval.box_scores`), in prediction order."""
+    from perception_rl.eval import box_scores
+
+    tokens = result.tokens[row, : result.lengths[row]].tolist()
+    pieces = [tokenizer.decode([t], skip_special_tokens=task.skip_special_tokens) for t in tokens]
+    vocabulary = {name: i for i, name in enumerate(task.label_names)}
+    return box_scores.detection_scores(text, pieces, result.logprobs[row], vocabulary)
 
 
 def _record(
