@@ -70,8 +70,14 @@ def run(
         ]
     )
     (out / "table.md").write_text(table + "\n")
-    summary = {"checkpoint": runner.option(config, "checkpoint"), "metrics": metrics}
-    (out / "metrics.json").write_text(json.dumps(runner._json_safe(summary), indent=2) + "\n")
+    summary = {
+        "checkpoint": runner.option(config, "checkpoint"),
+        "metrics": {
+            label: {k: _finite_or_none(v) for k, v in values.items()}
+            for label, values in metrics.items()
+        },
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table, flush=True)
     return ProtocolResult(metrics, table, out)
 
@@ -133,6 +139,12 @@ def _row(name: str, values: Sequence) -> str:
 
 def _scaled(value) -> float | None:
     return None if value is None else 100.0 * float(value)
+
+
+def _finite_or_none(value) -> float | None:
+    """Strict JSON: NaN (an undefined metric) becomes null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _slug(label: str) -> str:
