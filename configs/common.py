@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seed = 0  # shuffle seed (and synthetic generator seed)
     c.data.synthetic = ml_collections.ConfigDict()  # SyntheticConfig field overrides
     c.data.tfds_config = config_dict.placeholder(str)
+    c.data.first_examples = config_dict.placeholder(int)  # tfds: first N of the split (None: all)
     c.data.source_dir = config_dict.placeholder(str)  # eval runner's data.source="jsonl"
     c.data.data_dir = "~/tensorflow_datasets"
     c.data.min_pixels = config_dict.placeholder(int)

@@ -55,8 +55,7 @@ def base_config(
     c.data.source = "tfds"
     c.data.tfds_config = train_data
     c.data.split = "train"
-    if train_examples:
-        c.data.num_examples = train_examples  # the paper's first N
+    c.data.first_examples = train_examples  # the paper's first N (None: the whole split)
     c.data.max_pixels = 1_000_000  # every PR1 training script
     c.data.buckets = (256, 512, 1024, 1280)  # merged visual tokens: ≤ 1 M px is ≤ 1,276
 

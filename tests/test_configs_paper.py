@@ -162,3 +162,18 @@ def test_reproduce_script_builds_trains_and_evaluates(task):
     assert "--mode=train" in lines[-2]
     assert lines[-1].startswith("python -m perception_rl.eval.protocol")
     assert "--checkpoint=/run/checkpoints" in lines[-1]
+
+
+def test_training_reads_the_papers_first_examples(monkeypatch):
+    import grain
+
+    from perception_rl.data import pipeline
+    from perception_rl.rl import runtime
+
+    config = load("pr1/grounding").get_config()
+    assert config.data.first_examples == 5000  # PR1: the first 5,000 of refcoco_320k
+    assert load("pr1/detection").get_config().data.first_examples is None  # every image
+    built = grain.MapDataset.range(7000)
+    monkeypatch.setattr(pipeline, "tfds_source", lambda name, split, data_dir: built)
+    source = runtime.example_source(config)
+    assert len(source) == 5000 and source[4999] == 4999

@@ -257,7 +257,8 @@ def example_source(config) -> Any:
 
     `data.source`: "synthetic" (`data.num_examples` examples of `data.split` generated from
     `data.seed` with `SyntheticConfig(**data.synthetic)`) or "tfds" (the built
-    `synthetic_perception/<data.tfds_config or task>` in `data.data_dir`).
+    `synthetic_perception/<data.tfds_config or task>` in `data.data_dir`; only its first
+    `data.first_examples` when set).
     """
     data = config.data
     if data.source == "synthetic":
@@ -271,9 +272,11 @@ def example_source(config) -> Any:
             config=synthetic.SyntheticConfig(**dict(data.get("synthetic") or {})),
         )
     if data.source == "tfds":
-        return pipeline.tfds_source(
+        source = pipeline.tfds_source(
             data.get("tfds_config") or config.task, data.split, os.path.expanduser(data.data_dir)
         )
+        first = data.get("first_examples")  # a paper's training-set size: its first N examples
+        return source[: int(first)] if first else source
     raise ConfigError(f"data.source={data.source!r}; expected 'synthetic' or 'tfds'.")
 
 
