@@ -86,6 +86,21 @@ def test_lower_is_better_columns_are_marked_and_missing_values_dashed():
     ]
 
 
+def test_every_paper_split_gets_its_own_directory():
+    labels = [label for label, _, _ in load_config("grounding").protocol.splits]
+    slugs = [protocol._slug(label) for label in labels]
+    assert len(set(slugs)) == len(slugs) == 8
+    assert protocol._slug("RefCOCO+ val") == "refcocoplus_val"
+
+
+def load_config(name):
+    path = ROOT / "configs" / "pr1" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"pr1_{name}_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def test_needs_a_paper_config(tmp_path):
     with pytest.raises(ValueError, match="protocol.splits"):
         protocol.run(runner_config(), tmp_path)

@@ -53,6 +53,9 @@ def run(
     splits = tuple(runner.option(config, "protocol.splits", ()))
     if not splits:
         raise ValueError("config.protocol.splits is empty: use a paper config (configs/pr1/...).")
+    slugs = [_slug(label) for label, _, _ in splits]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"protocol.splits labels must give distinct directories, got {slugs}.")
     task = protocol_task(config)
     out = pathlib.Path(workdir) / "protocol"
     out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +151,8 @@ def _finite_or_none(value) -> float | None:
 
 
 def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_").lower()
+    """A directory name for a split label ("RefCOCO+ val" -> "refcocoplus_val")."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", label.replace("+", "plus")).strip("_").lower()
 
 
 def main(argv: list[str]) -> None:
