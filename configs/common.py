@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seed = 0  # shuffle seed (and synthetic generator seed)
     c.data.synthetic = ml_collections.ConfigDict()  # SyntheticConfig field overrides
     c.data.tfds_config = config_dict.placeholder(str)
+    c.data.first_examples = config_dict.placeholder(int)  # tfds: first N of the split (None: all)
     c.data.source_dir = config_dict.placeholder(str)  # eval runner's data.source="jsonl"
     c.data.data_dir = "~/tensorflow_datasets"
     c.data.min_pixels = config_dict.placeholder(int)
@@ -101,6 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.num_examples = config_dict.placeholder(int)
     c.eval.batch_size = 8
     c.eval.max_new_tokens = 256
+    c.eval.repetition_penalty = 1.0  # HF semantics; PR1's grounding eval: 1.05
     c.eval.name = config_dict.placeholder(str)
     c.eval.step = config_dict.placeholder(int)
     c.eval.predictions_file = config_dict.placeholder(str)  # re-score it; no model is loaded

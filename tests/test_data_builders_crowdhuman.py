@@ -123,10 +123,13 @@ def test_an_interrupted_build_leaves_nothing_that_reads_as_complete(tmp_path):
 
 def test_on_bad_box_skip_drops_the_box_and_counts_it(tmp_path):
     bad = [
-        {"ID": "a", "gtboxes": [
-            {"tag": "person", "fbox": [5, 5, -3, 4], "vbox": [0, 0, 1, 1]},
-            {"tag": "person", "fbox": [1, 2, 3, 4], "vbox": [0, 0, 1, 1]},
-        ]},
+        {
+            "ID": "a",
+            "gtboxes": [
+                {"tag": "person", "fbox": [5, 5, -3, 4], "vbox": [0, 0, 1, 1]},
+                {"tag": "person", "fbox": [1, 2, 3, 4], "vbox": [0, 0, 1, 1]},
+            ],
+        },
     ]
     root = write_crowdhuman(tmp_path / "raw", val=bad)
     with pytest.raises(raw.RawDataError, match=r"on_bad_box=skip"):
@@ -135,7 +138,7 @@ def test_on_bad_box_skip_drops_the_box_and_counts_it(tmp_path):
     (example,) = read("crowdhuman", "validation", tmp_path / "out")
     np.testing.assert_array_equal(example["boxes"], [[1, 2, 4, 6]])
     assert builder.info.metadata["skipped"] == {"validation": {"bad box dropped": 1}}
-    listing = (tmp_path / "out" / "crowdhuman" / "full" / "1.0.0" / "skipped-validation.tsv")
+    listing = tmp_path / "out" / "crowdhuman" / "full" / "1.0.0" / "skipped-validation.tsv"
     assert "gtboxes[0]: box [5.0, 5.0, 2.0, 9.0] has a negative width" in listing.read_text()
 
 

@@ -49,3 +49,18 @@ def test_centre_accuracy_uses_the_predicted_centre():
 def test_grounding_metrics_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
         grounding_metrics(np.zeros((2, 4)), np.zeros((3, 4)))
+
+
+def test_pr1_protocol_thresholds_and_the_papers_average():
+    # IoU with _GT is x2 / 100 for [0, 0, x2, 10]: 0.05, 0.2, 0.35, 0.6, 0.8, 0.97.
+    ious = [0.05, 0.2, 0.35, 0.6, 0.8, 0.97]
+    pred = np.array([[0, 0, 100 * v, 10] for v in ious])
+    metrics = grounding_metrics(pred, np.array([_GT] * 6))
+    expected = {0.1: 5 / 6, 0.3: 4 / 6, 0.5: 3 / 6, 0.75: 2 / 6, 0.95: 1 / 6}
+    for threshold, accuracy in expected.items():
+        assert metrics[f"acc@{threshold:g}"] == pytest.approx(accuracy)
+    # The paper's Avg averages @0.5, @0.75 and @0.95 only: (3 + 2 + 1) / 18.
+    assert metrics["acc_mean"] == pytest.approx(6 / 18)
+    assert metrics["mean_iou"] == pytest.approx(sum(ious) / 6)
+    # Centres (50·v, 5) lie in the GT box for every prediction.
+    assert metrics["centre_acc"] == 1.0

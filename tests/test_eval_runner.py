@@ -162,8 +162,11 @@ class OracleGenerate:
             self.answers.append(self.tokenizer.encode(text, add_special_tokens=False))
         self.next = 0
 
-    def __call__(self, model, batch, *, max_new_tokens, key, temperature, eos_ids, pad_id):
+    def __call__(
+        self, model, batch, *, max_new_tokens, key, temperature, eos_ids, pad_id, **options
+    ):
         assert temperature == 0 and TINY_TOKEN_IDS["eos_token_id"] in eos_ids
+        self.options = options  # e.g. repetition_penalty
         rows = len(batch["input_ids"])
         answers = self.answers[self.next : self.next + rows]
         answers += answers[-1:] * (rows - len(answers))  # the runner's padding rows

@@ -213,3 +213,92 @@ def test_token_frequencies_match_filtered_distribution():
     assert counts.sum() == draws  # nothing outside the filtered support
     _, p_value = stats.chisquare(counts, probs * draws)
     assert p_value > 1e-3
+
+
+def _row_inputs(batch, row):
+    """Row `row` of a multimodal_batch without its left padding, with its own images only."""
+    keep = batch["attention_mask"][row] > 0
+    images_before = [0, 0, 1, 3]  # multimodal_batch's images per row: 0, 1, 2
+    grids = batch["image_grid_thw"][images_before[row] : images_before[row + 1]]
+    offsets = np.concatenate([[0], np.cumsum(np.prod(batch["image_grid_thw"], axis=1))])
+    pixels = batch["pixel_values"][offsets[images_before[row]] : offsets[images_before[row + 1]]]
+    out = {
+        "input_ids": batch["input_ids"][row : row + 1, keep],
+        "attention_mask": batch["attention_mask"][row : row + 1, keep],
+    }
+    if len(grids):
+        out.update(pixel_values=pixels, image_grid_thw=grids)
+    return out
+
+
+def hf_row_greedy(hf, inputs, n, repetition_penalty):
+    """HF greedy decoding of one unpadded row: its repetition penalty then sees exactly the
+    prompt and the completion (batched HF would also penalise the left-padding id)."""
+    import torch
+
+    t = {k: torch.as_tensor(v) for k, v in inputs.items()}
+    mm = (t["input_ids"] == hf_models.IMAGE).long()
+    with torch.no_grad():
+        out = hf.generate(
+            **t,
+            mm_token_type_ids=mm,
+            do_sample=False,
+            max_new_tokens=n,
+            eos_token_id=EOS,
+            pad_token_id=2,
+            repetition_penalty=repetition_penalty,
+        )
+    return out[0, t["input_ids"].shape[1] :].numpy()
+
+
+@pytest.mark.parametrize("penalty", [1.05, 1.5])
+def test_greedy_with_repetition_penalty_matches_hf_generate(checkpoint, penalty):
+    hf, path = checkpoint
+    model = from_pretrained(path)
+    batch = prompt_batch(model)
+    kw = {"max_new_tokens": 24, "temperature": 0, "eos_ids": (EOS,), "pad_id": 2}
+    kw["key"] = jax.random.key(0)
+    ours = generate(model, batch, repetition_penalty=penalty, **kw)
+    plain = generate(model, batch, **kw)
+    for row in range(len(batch["input_ids"])):
+        theirs = hf_row_greedy(hf, _row_inputs(batch, row), 24, penalty)
+        n = ours.lengths[row]
+        assert n == len(theirs)
+        np.testing.assert_array_equal(ours.tokens[row, :n], theirs)
+    if penalty == 1.5:  # The penalty must have changed something for the test to mean anything.
+        assert not np.array_equal(ours.tokens, plain.tokens)
+
+
+def test_top_k_top_p_support_equals_hf_warpers():
+    """The distribution sampled from (support and probabilities) equals HF's Temperature →
+    TopK → TopP warpers' on random logits, including top_p so small only the top token stays."""
+    import torch
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from perception_rl.sampling.filters import candidates
+
+    rng = np.random.default_rng(0)
+    for temperature, top_k, top_p in [
+        (1.0, 0, 0.9),
+        (0.7, 50, 0.9),
+        (1.3, 10, 0.5),
+        (1.0, 0, 1e-3),
+    ]:
+        logits = (rng.standard_normal((16, 300)) * 3).astype(np.float32)
+        scores = torch.as_tensor(logits)
+        scores = TemperatureLogitsWarper(temperature)(None, scores)
+        if top_k:
+            scores = TopKLogitsWarper(top_k)(None, scores)
+        scores = TopPLogitsWarper(top_p)(None, scores)
+        theirs = torch.softmax(scores, dim=-1).numpy()
+        values, indices = candidates(
+            jnp.asarray(logits), temperature=temperature, top_k=top_k, top_p=jnp.float32(top_p)
+        )
+        ours = np.zeros_like(theirs)
+        np.put_along_axis(ours, np.asarray(indices), np.asarray(jax.nn.softmax(values, -1)), -1)
+        np.testing.assert_array_equal(ours > 0, theirs > 0)
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)

@@ -64,7 +64,8 @@ def test_predict_and_metrics_with_ignore_regions():
     expected = np.array([[11, 11, 56, 56], [175, 5, 215, 40]]) * 200 / 224
     np.testing.assert_allclose(prediction["boxes"], expected, atol=1e-3)
     np.testing.assert_allclose(prediction["look"], [[100, 0, 200, 100]])
-    metrics = TASK.metrics([prediction], [EXAMPLE])
+    # Metrics read annotations: the eval runner's keep the image size (boxes are clipped to it).
+    metrics = TASK.metrics([prediction], [{**EXAMPLE, "image_hw": (200, 200)}])
     # The second box lies in the ignore region: neither a hit nor a false positive.
     assert metrics["precision"] == 1.0 and metrics["recall"] == pytest.approx(1 / 3)
     assert TASK.predict("<answer>[]", GEOMETRY, "qwen2_vl") == {"boxes": [], "look": []}

@@ -89,3 +89,34 @@ def test_metrics_are_class_aware():
     metrics = TASK.metrics([half], [EXAMPLE])
     assert (metrics["precision"], metrics["recall"]) == (1.0, 0.5)
     assert metrics["F1"] == pytest.approx(2 / 3) and metrics["AR100"] == pytest.approx(0.5)
+
+
+def test_coco_records_keep_iscrowd_and_area():
+    example = {**EXAMPLE, "is_crowd": np.array([0, 1]), "area": np.array([500.0, 7000.0])}
+    gt, _ = TASK.coco_records([{"boxes": [], "labels": []}], [example])
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 1]
+    assert [a["area"] for a in gt["annotations"]] == [500.0, 7000.0]
+    only_first = {"boxes": [[30, 20, 150, 100]], "labels": ["red circle"]}
+    # The second box is a crowd region: finding only the first is perfect recall.
+    metrics = TASK.metrics([only_first], [example])
+    assert metrics["AR100"] == 1.0 and metrics["AP"] == 1.0
+    assert TASK.metrics([only_first], [EXAMPLE])["AR100"] == 0.5  # without the flag
+    # COCO's size buckets read `area`: 500 px² is small although the box is 120 x 80 px.
+    assert metrics["APs"] == 1.0 and np.isnan(metrics["APl"]) and np.isnan(metrics["APm"])
+
+
+def test_detections_scored_by_likelihood_rank_before_constant_scores():
+    # A false positive first in output order, then the true box.
+    prediction = {
+        "boxes": [[200, 0, 290, 60], [30, 20, 150, 100]],
+        "labels": ["red circle", "red circle"],
+        "scores": [0.1, 0.9],
+    }
+    example = {**EXAMPLE, "boxes": EXAMPLE["boxes"][:1], "labels": EXAMPLE["labels"][:1]}
+    ranked = get_task("detection", score_detections="likelihood")
+    # Ranked: hit then miss: precision 1 up to recall 1, AP 1 at every IoU threshold.
+    assert ranked.metrics([prediction], [example])["AP"] == 1.0
+    # Constant scores keep output order: the miss first, precision 1/2 at recall 1.
+    assert TASK.metrics([prediction], [example])["AP50"] == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match="one score per box"):
+        ranked.metrics([{**prediction, "scores": [1.0]}], [example])

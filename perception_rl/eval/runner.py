@@ -41,8 +41,8 @@ Config fields read (`ml_collections.ConfigDict` or anything with attributes; def
   data.min_pixels, data.max_pixels: image-processor overrides [the checkpoint's].
 
 A caller with its own checkpoint layout passes `load_policy(config) -> (model, processor)`.
-Decoding is greedy (temperature 0, DESIGN §3), with no repetition penalty (PR1's grounding eval
-uses 1.05; our sampler has none).
+Decoding is greedy (temperature 0, DESIGN §3); eval.repetition_penalty [1.0] is HF's (PR1's
+grounding eval uses 1.05).
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ def _predictions(
         max_new_tokens=option(config, "eval.max_new_tokens", 256),
         reward_overrides=_mapping(option(config, "reward")),
         partial=partial,
+        repetition_penalty=option(config, "eval.repetition_penalty", 1.0),
     )
     partial.finish()
     return records, examples, family
@@ -172,7 +173,8 @@ def _settings(config, family: str) -> dict:
     """What the decoded records depend on: a partial file written under other settings is not
     continued."""
     keys = ("task", "checkpoint", "model", "dtype", "eval.step", "eval.split", "eval.num_examples")
-    keys += ("eval.batch_size", "eval.max_new_tokens", "data.source", "data.tfds_config")
+    keys += ("eval.batch_size", "eval.max_new_tokens", "eval.repetition_penalty", "data.source")
+    keys += ("data.tfds_config",)
     keys += ("data.source_dir", "data.seed", "data.min_pixels", "data.max_pixels")
     settings = {key: option(config, key) for key in keys}
     for section in ("task_options", "reward", "data.synthetic"):
@@ -238,12 +240,15 @@ def predict(
     max_new_tokens: int,
     reward_overrides: Mapping[str, Any] | None = None,
     partial: PartialPredictions | None = None,
+    repetition_penalty: float = 1.0,
 ) -> tuple[list[Record], list[Example]]:
     """Greedy completions of every example, parsed to original pixels and scored by the reward
     (the task's reward options, then `reward_overrides`, as training scores them).
 
     Batches whose records `partial` already holds are not decoded again; new records are
     appended to it as they come, so an error mid-way (an unreadable image) keeps them.
+
+    `repetition_penalty` is HF's (PR1 decodes grounding with 1.05; 1.0 is off).
 
     Returns:
       (one record per example, in source order; the examples' annotations without pixels).
@@ -271,6 +276,7 @@ def predict(
                     options,
                     batch_size,
                     max_new_tokens,
+                    repetition_penalty,
                 )
                 if partial is not None:
                     partial.add(batch_records)
@@ -289,6 +295,7 @@ def _decode_batch(
     options: Mapping[str, Any],
     batch_size: int,
     max_new_tokens: int,
+    repetition_penalty: float,
 ) -> list[Record]:
     """Greedy completions of one batch as scored records."""
     import jax
@@ -313,6 +320,7 @@ def _decode_batch(
         temperature=0.0,
         eos_ids=eos,
         pad_id=processor.pad_token_id,
+        repetition_penalty=repetition_penalty,
     )
     texts = [
         tokenizer.decode(
@@ -326,20 +334,26 @@ def _decode_batch(
     ]
     targets = [task.target(e, g, family) for e, g in zip(examples, geometries)]
     parts = rewards.score_components(task.reward, texts, targets, group_size=1, **options)
-    return [
-        _record(
-            task,
-            index,
-            example,
-            text,
-            geometry,
-            family,
-            {k: float(v[row]) for k, v in parts.items()},
-        )
-        for row, (index, example, text, geometry) in enumerate(
-            zip(indices, examples, texts, geometries)
-        )
-    ]
+    records = []
+    for row, (index, example, text, geometry) in enumerate(
+        zip(indices, examples, texts, geometries)
+    ):
+        reward = {k: float(v[row]) for k, v in parts.items()}
+        record = _record(task, index, example, text, geometry, family, reward)
+        if getattr(task, "score_detections", "constant") == "likelihood":
+            record["prediction"]["scores"] = _box_scores(task, tokenizer, result, row, text)
+        records.append(record)
+    return records
+
+
+def _box_scores(task: Task, tokenizer, result, row: int, text: str) -> list[float]:
+    """Each kept box's sequence likelihood (`eval.box_scores`), in prediction order."""
+    from perception_rl.eval import box_scores
+
+    tokens = result.tokens[row, : result.lengths[row]].tolist()
+    pieces = [tokenizer.decode([t], skip_special_tokens=task.skip_special_tokens) for t in tokens]
+    vocabulary = {name: i for i, name in enumerate(task.label_names)}
+    return box_scores.detection_scores(text, pieces, result.logprobs[row], vocabulary)
 
 
 def _record(

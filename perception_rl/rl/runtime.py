@@ -90,9 +90,10 @@ def training_source(config, task: Any, source: Any = None) -> Any:
     from perception_rl.data import sources, tasks
 
     if source is None:
-        # data.num_examples sizes the generated set; a built dataset is read whole.
+        # data.num_examples sizes the generated set; of a built dataset the first
+        # data.first_examples are read (a paper's training-set size), else all of it.
         synthetic = config.data.source == "synthetic"
-        limit = config.data.num_examples if synthetic else None
+        limit = config.data.num_examples if synthetic else config.data.get("first_examples")
         source = sources.example_source(config, task, config.data.split, limit)
     tasks.check_source(source, task, f"data ({config.data.source}, {config.data.split})")
     return source

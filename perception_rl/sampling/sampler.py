@@ -4,6 +4,8 @@
 the prompt once (prefill), repeats the cache `num_samples` times, then decodes inside one
 `lax.while_loop` with a static, donated cache that stops when every row has emitted EOS.
 Decode positions continue each row's M-RoPE positions (last prompt position + 1 + k).
+An optional repetition penalty (HF / vLLM semantics) keeps a [rows, vocab] mask of the token ids
+seen in each row's prompt (padding excluded) and completion.
 """
 
 from __future__ import annotations
@@ -81,6 +83,16 @@ def _prefill(graphdef, state, prompt, *, cache_size: int, num_samples: int):
     return jax.tree.map(rep, (cache, logits, next_position, kv_mask))
 
 
+@functools.partial(jax.jit, static_argnames=("vocab_size", "num_samples"))
+def _seen_tokens(ids, mask, *, vocab_size: int, num_samples: int):
+    """[B·n, V] bool: the ids of each prompt row that are not padding, repeated n times."""
+    rows = jnp.arange(ids.shape[0])[:, None]
+    # Padding is scattered to the out-of-range id V, which `mode="drop"` discards.
+    ids = jnp.where(mask > 0, ids, vocab_size)
+    seen = jnp.zeros((ids.shape[0], vocab_size), bool).at[rows, ids].set(True, mode="drop")
+    return jnp.repeat(seen, num_samples, axis=0)
+
+
 @functools.partial(
     jax.jit,
     donate_argnums=(2,),
@@ -92,6 +104,7 @@ def _prefill(graphdef, state, prompt, *, cache_size: int, num_samples: int):
         "top_k",
         "eos_ids",
         "pad_id",
+        "repetition_penalty",
     ),
 )
 def _decode(
@@ -103,6 +116,7 @@ def _decode(
     kv_mask,
     key,
     top_p,
+    seen,
     *,
     prompt_length,
     max_new_tokens,
@@ -110,6 +124,7 @@ def _decode(
     top_k,
     eos_ids,
     pad_id,
+    repetition_penalty,
 ):
     model: QwenVL = nnx.merge(graphdef, state)
     rows = logits.shape[0]
@@ -120,12 +135,22 @@ def _decode(
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        step, cache, logits, kv_mask, tokens, logprobs, done, lengths = carry
+        step, cache, logits, kv_mask, tokens, logprobs, done, lengths, seen = carry
+        chosen_from = logits
+        if repetition_penalty != 1.0:
+            chosen_from = filters.penalize_repetitions(logits, seen, repetition_penalty)
         token = filters.sample_token(
-            jax.random.fold_in(key, step), logits, temperature=temperature, top_k=top_k, top_p=top_p
+            jax.random.fold_in(key, step),
+            chosen_from,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
         )
+        # The policy's own log-prob (no penalty): what GRPO's ratio and KL are taken against.
         logprob = filters.token_logprob(logits, token, temperature)
         token = jnp.where(done, pad_id, token)
+        if repetition_penalty != 1.0:
+            seen = seen.at[jnp.arange(rows), token].set(True)
         tokens = tokens.at[:, step].set(token)
         logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logprob))
         lengths = lengths + (~done).astype(jnp.int32)
@@ -136,7 +161,7 @@ def _decode(
         embeds = model.model.embed_tokens(token[:, None])
         hidden, cache = model.model(embeds, positions, kv_mask[:, None, :] > 0, cache, slot)
         logits = model.logits(hidden[:, 0]).astype(jnp.float32)
-        return step + 1, cache, logits, kv_mask, tokens, logprobs, done, lengths
+        return step + 1, cache, logits, kv_mask, tokens, logprobs, done, lengths, seen
 
     carry = (
         jnp.int32(0),
@@ -147,8 +172,9 @@ def _decode(
         jnp.zeros((rows, max_new_tokens), jnp.float32),
         jnp.zeros((rows,), bool),
         jnp.zeros((rows,), jnp.int32),
+        seen,
     )
-    _, cache, _, _, tokens, logprobs, _, lengths = jax.lax.while_loop(cond, body, carry)
+    _, cache, _, _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, carry)
     return tokens, lengths, logprobs, cache  # returning the cache lets XLA reuse the donation
 
 
@@ -164,6 +190,7 @@ def generate(
     top_p: float = 1.0,
     eos_ids=None,
     pad_id: int | None = None,
+    repetition_penalty: float = 1.0,
 ) -> SampleResult:
     """Samples `num_samples` completions per prompt of a processor batch.
 
@@ -178,7 +205,13 @@ def generate(
       top_k: keep the k most likely tokens (0: off). top_p: nucleus mass (1.0: off).
       eos_ids: token ids that end a completion (default: the config's eos_token_id).
       pad_id: filler after EOS (default: the config's pad_token_id, else 0).
+      repetition_penalty: HF's `repetition_penalty` (1.0: off; PR1 evaluates grounding with
+        1.05): logits of ids already in the prompt or completion are divided by it if positive,
+        multiplied if negative, before temperature / top-k / top-p or argmax. `logprobs` stay
+        the unpenalised policy's.
     """
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}.")
     config = model.config
     if eos_ids is None:
         eos_ids = () if config.eos_token_id is None else (config.eos_token_id,)
@@ -200,6 +233,14 @@ def generate(
     cache, logits, next_position, kv_mask = _prefill(
         graphdef, state, prompt, cache_size=prompt_length + max_new_tokens, num_samples=num_samples
     )
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = _seen_tokens(
+            prompt["input_ids"],
+            prompt["attention_mask"],
+            vocab_size=int(logits.shape[-1]),
+            num_samples=num_samples,
+        )
     tokens, lengths, logprobs, _ = _decode(
         graphdef,
         state,
@@ -209,12 +250,14 @@ def generate(
         kv_mask,
         key,
         jnp.float32(top_p),
+        seen,
         prompt_length=prompt_length,
         max_new_tokens=max_new_tokens,
         temperature=float(temperature),
         top_k=int(top_k),
         eos_ids=tuple(int(e) for e in eos_ids),
         pad_id=int(pad_id),
+        repetition_penalty=float(repetition_penalty),
     )
     rows = np.repeat(np.arange(len(prompt["input_ids"]), dtype=np.int32), num_samples)
     return SampleResult(np.asarray(tokens), np.asarray(lengths), np.asarray(logprobs), rows)

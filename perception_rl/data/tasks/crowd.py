@@ -13,7 +13,10 @@ lists (the syntax the "dip" reward parses) in the family's numbers. For SFT the 
 the instances that overlap another instance most (IoU > 0, at most `max_look_boxes`, largest
 overlap first): occlusion is what makes a crowd ambiguous. Target
 `{"boxes": [...], "ignore": [...]}` with the ignore regions; reward "dip"; metrics: AP50, MR⁻²,
-JI, recall, precision and F1 at IoU 0.5 with ignore regions (CrowdHuman / CityPersons).
+JI, recall, precision and F1 at IoU 0.5 with ignore regions, under `metric_protocol`:
+"crowdhuman" (the official CrowdHuman conventions: boxes clipped to the image) by default,
+"citypersons" for CityPersons' Reasonable setup (an optional per-box `example["visibility"]`
+feeds its visibility rule); see `perception_rl.eval.metrics.crowd`.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class CrowdTask:
     )
     skip_special_tokens: bool = True
     max_look_boxes: int = 8  # The dip reward's default: only that many look boxes count.
+    metric_protocol: str = "crowdhuman"  # a key of eval.metrics.crowd.PROTOCOLS
     prompt: str = PROMPT
     system_prompt: str = SYSTEM_PROMPT
 
@@ -113,20 +117,34 @@ class CrowdTask:
     def metrics(
         self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
     ) -> dict[str, float]:
-        annotations, detections = [], []
+        annotations, detections, images = [], [], []
         for example, prediction in zip(examples, predictions, strict=True):
             image_id = example["image_id"]
-            for key, crowd in (("boxes", 0), ("ignore_boxes", 1)):
-                annotations += [
-                    {"image_id": image_id, "bbox": box, "iscrowd": crowd}
-                    for box in formats.xywh(example.get(key, ()))
-                ]
+            height, width = _image_hw(example)
+            images.append({"id": image_id, "width": width, "height": height})
+            boxes = formats.xywh(example.get("boxes", ()))
+            visibility = np.asarray(example.get("visibility", np.ones(len(boxes))), np.float64)
+            annotations += [
+                {"image_id": image_id, "bbox": box, "iscrowd": 0, "vis_ratio": float(v)}
+                for box, v in zip(boxes, visibility.reshape(-1), strict=True)
+            ]
+            annotations += [
+                {"image_id": image_id, "bbox": box, "iscrowd": 1}
+                for box in formats.xywh(example.get("ignore_boxes", ()))
+            ]
             detections += [
                 {"image_id": image_id, "bbox": box}
                 for box in formats.xywh(prediction.get("boxes", ()))
             ]
-        gt = {"images": [{"id": e["image_id"]} for e in examples], "annotations": annotations}
-        return eval_metrics.crowd_metrics(gt, detections, iou=0.5)
+        gt = {"images": images, "annotations": annotations}
+        return eval_metrics.crowd_metrics(gt, detections, iou=0.5, protocol=self.metric_protocol)
+
+
+def _image_hw(example: Example) -> tuple[int, int]:
+    """(height, width) of the original image: the runner's annotation keeps `image_hw`."""
+    if "image_hw" in example:
+        return tuple(int(v) for v in example["image_hw"])
+    return tuple(int(v) for v in np.shape(example["image"])[:2])
 
 
 def _label(example: Example) -> str:

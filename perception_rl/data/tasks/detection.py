@@ -54,6 +54,7 @@ class DetectionTask:
     label_names: tuple[str, ...] = synthetic.LABELS
     prompt: str = PROMPT
     system_prompt: str = SYSTEM_PROMPT
+    score_detections: str = "constant"  # PR1: every box 1.0; or "likelihood" (its `scores`)
 
     def conversation(self, example: Example, family: str) -> list[Message]:
         check_family(family)
@@ -89,7 +90,8 @@ class DetectionTask:
         gt, detections = self.coco_records(predictions, examples)
         scores = eval_metrics.coco_metrics(gt, detections)
         shifted_gt, shifted = _category_separated(gt), _category_separated(detections)
-        crowd = eval_metrics.crowd_metrics(shifted_gt, shifted, iou=0.5)
+        # Shifted boxes lie far outside the image: matched without clipping.
+        crowd = eval_metrics.crowd_metrics(shifted_gt, shifted, iou=0.5, protocol="inclusive")
         return {
             **scores,
             "precision": crowd["precision"],
@@ -100,24 +102,38 @@ class DetectionTask:
     def coco_records(
         self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
     ) -> tuple[dict, list[dict]]:
-        """COCO ground-truth dict and result list (category id = label index + 1)."""
+        """COCO ground-truth dict and result list (category id = label index + 1).
+
+        Ground truth keeps the dataset's per-box `iscrowd` (or TFDS's `is_crowd`; crowd regions
+        are ignored by COCOeval) and `area` (COCO's size buckets use the segmentation area, not
+        the box's) when the example has them. Every detection is scored 1.0 (PR1's protocol)
+        unless `score_detections == "likelihood"`, which takes the prediction's `scores` (e.g.
+        each box's sequence likelihood, `perception_rl.eval.box_scores`).
+        """
         index = {name: i for i, name in enumerate(self.label_names)}
         annotations, detections = [], []
         for example, prediction in zip(examples, predictions, strict=True):
             image_id = example["image_id"]
-            for box, label in zip(formats.xywh(example["boxes"]), example["labels"], strict=True):
-                annotations.append(
-                    {"image_id": image_id, "category_id": int(label) + 1, "bbox": box, "iscrowd": 0}
-                )
-            for box, name in zip(
-                formats.xywh(prediction.get("boxes", ())), prediction.get("labels", ()), strict=True
+            boxes = formats.xywh(example["boxes"])
+            crowd = _per_box(example, ("iscrowd", "is_crowd"), len(boxes))
+            area = _per_box(example, ("area",), len(boxes))
+            for i, (box, label) in enumerate(zip(boxes, example["labels"], strict=True)):
+                record = {"image_id": image_id, "category_id": int(label) + 1, "bbox": box}
+                record["iscrowd"] = int(crowd[i]) if crowd is not None else 0
+                if area is not None:
+                    record["area"] = float(area[i])
+                annotations.append(record)
+            predicted = formats.xywh(prediction.get("boxes", ()))
+            scores = self._scores(prediction, len(predicted))
+            for box, name, score in zip(
+                predicted, prediction.get("labels", ()), scores, strict=True
             ):
                 detections.append(
                     {
                         "image_id": image_id,
                         "category_id": index[name] + 1,
                         "bbox": box,
-                        "score": 1.0,
+                        "score": score,
                     }
                 )
         gt = {
@@ -127,8 +143,34 @@ class DetectionTask:
         }
         return gt, detections
 
+    def _scores(self, prediction: dict[str, Any], count: int) -> list[float]:
+        if self.score_detections == "constant":
+            return [1.0] * count
+        if self.score_detections != "likelihood":
+            raise ValueError(
+                f"score_detections {self.score_detections!r}; expected constant or likelihood."
+            )
+        scores = [float(s) for s in prediction.get("scores", ())]
+        if len(scores) != count:
+            raise ValueError(
+                f"score_detections='likelihood' needs one score per box; got {len(scores)} "
+                f"scores for {count} boxes (decode with box scores)."
+            )
+        return scores
+
     def _names(self, example: Example) -> list[str]:
         return [self.label_names[int(i)] for i in np.asarray(example["labels"]).reshape(-1)]
+
+
+def _per_box(example: Example, keys: tuple[str, ...], count: int) -> np.ndarray | None:
+    """The first of `keys` the example has, as one value per box; None when it has none."""
+    for key in keys:
+        if key in example:
+            values = np.asarray(example[key], np.float64).reshape(-1)
+            if len(values) != count:
+                raise ValueError(f"example[{key!r}] has {len(values)} values for {count} boxes.")
+            return values
+    return None
 
 
 def _category_separated(records):

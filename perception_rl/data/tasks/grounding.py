@@ -43,6 +43,8 @@ class GroundingTask:
     name: str = "grounding"
     reward: str = "grounding"
     metric_names: tuple[str, ...] = (
+        "acc@0.1",
+        "acc@0.3",
         "acc@0.5",
         "acc@0.75",
         "acc@0.95",

@@ -71,7 +71,8 @@ def check_source(source, task: Task, where: str = "data") -> None:
     counting dataset: training would run to the end on reward 0)."""
     if not len(source):
         raise DataError(f"{where}: the split has no examples.")
-    found = source[0].get("task")
+    first = source[0]
+    found = first.get("task") if isinstance(first, Mapping) else None
     if found not in (None, "", task.name):
         raise DataError(
             f"{where}: the split holds {found!r} examples but config.task is {task.name!r}; "

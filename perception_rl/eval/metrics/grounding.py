@@ -1,9 +1,9 @@
 """Referring-expression grounding accuracy (RefCOCO / RefCOCO+ / RefCOCOg).
 
 One sample is one referring expression with one predicted and one ground-truth box, both
-`[x1, y1, x2, y2]` in original-image pixels. Perception-R1 reports Acc@0.5, Acc@0.75, Acc@0.95
-and their arithmetic mean; its script also reports the centre accuracy and the mean IoU
-(seed_spec.md A4, data_eval.md §2.1).
+`[x1, y1, x2, y2]` in original-image pixels. Perception-R1's grounding script reports Acc@τ for
+τ in {0.1, 0.3, 0.5, 0.75, 0.95}, the centre accuracy and the mean IoU; its paper's "Avg" is the
+arithmetic mean of Acc@0.5, Acc@0.75 and Acc@0.95 (datasets.md §2, seed_spec.md A4).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-THRESHOLDS = (0.5, 0.75, 0.95)
+THRESHOLDS = (0.1, 0.3, 0.5, 0.75, 0.95)  # PR1's eval script
+AVERAGED = (0.5, 0.75, 0.95)  # the paper's "Avg"
 _IOU_EPS = 1e-10  # Perception-R1's eval adds this to the union; its reward does not.
 
 
@@ -57,19 +58,24 @@ def centre_inside(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def grounding_metrics(
-    pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = THRESHOLDS
+    pred: np.ndarray,
+    gt: np.ndarray,
+    thresholds: Sequence[float] = THRESHOLDS,
+    averaged: Sequence[float] = AVERAGED,
 ) -> dict[str, float]:
-    """Accuracy at IoU thresholds, their mean, centre accuracy and mean IoU over expressions.
+    """Accuracy at IoU thresholds, the paper's Avg, centre accuracy and mean IoU.
 
     Args:
       pred: [N, 4] predicted xyxy boxes in original-image pixels; a row of NaN marks an
         expression whose output did not parse (always wrong).
       gt: [N, 4] ground-truth xyxy boxes.
       thresholds: IoU thresholds τ; an expression is correct at τ when IoU ≥ τ.
+      averaged: the thresholds whose accuracies `acc_mean` averages (those of `thresholds`).
 
     Returns:
-      `acc@τ` for each τ (keys formatted like `acc@0.5`), `acc_mean` (their arithmetic mean, the
-      papers' "Avg"), `centre_acc` and `mean_iou`; fractions in [0, 1].
+      `acc@τ` for each τ (keys formatted like `acc@0.5`), `acc_mean` (the arithmetic mean of
+      the `averaged` accuracies: the paper's "Avg"), `centre_acc` and `mean_iou`; fractions in
+      [0, 1].
     """
     pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
     if pred.ndim != 2 or pred.shape[-1] != 4 or pred.shape != gt.shape or not len(pred):
@@ -78,9 +84,10 @@ def grounding_metrics(
         )
     iou = box_iou(pred, gt)
     accuracy = {f"acc@{t:g}": float(np.mean(iou >= t)) for t in thresholds}
+    in_average = [accuracy[f"acc@{t:g}"] for t in averaged if f"acc@{t:g}" in accuracy]
     return {
         **accuracy,
-        "acc_mean": float(np.mean(list(accuracy.values()))),
+        "acc_mean": float(np.mean(in_average)) if in_average else float("nan"),
         "centre_acc": float(np.mean(centre_inside(pred, gt))),
         "mean_iou": float(np.mean(iou)),
     }
