@@ -40,7 +40,7 @@ from perception_rl import policy as policy_lib
 from perception_rl import rewards
 from perception_rl.models.qwen_vl.vision import vision_layout
 from perception_rl.rl import batch as batch_lib
-from perception_rl.rl import runtime, trainer
+from perception_rl.rl import loop, runtime, trainer
 from perception_rl.rl.rollouts import RolloutCollector, RolloutConfig
 
 GROUP, NEW_TOKENS = 8, 64
@@ -134,7 +134,7 @@ def time_ours(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
         reward="counting",
     )
     collector = RolloutCollector(policy, iter(lambda: records, None), settings)
-    step_fn = trainer.make_train_step(
+    step_fn = loop.make_train_step(
         config, policy, mesh, trainer.step_config(config), config.optim, steps + 1
     )
     state, rng = step_fn.init_state(policy.params), jax.random.key(0)

@@ -25,9 +25,9 @@ from perception_rl.policy import load_policy
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
 from perception_rl.rl.checkpoint import Checkpointer
+from perception_rl.rl.loop import make_train_step, resume_or_init, run_loop
 from perception_rl.rl.metric_writer import PERF_PREFIX, MetricWriter
 from perception_rl.rl.train_step import StepConfig
-from perception_rl.rl.trainer import make_train_step, resume_or_init, run_loop
 
 
 def sft_batch(records: list[dict], pad_id: int) -> dict:
