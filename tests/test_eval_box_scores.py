@@ -56,11 +56,12 @@ def test_runner_writes_scores_for_likelihood_scored_detection(monkeypatch):
     from perception_rl.data.tasks import get_task
     from perception_rl.eval import runner
     from perception_rl.models.qwen_vl import tiny
+    from perception_rl.policy import make_processor
     from perception_rl.processing import tiny_tokenizer_path
 
     task = get_task("detection", score_detections="likelihood")
     config = types.SimpleNamespace(tokenizer=None, data=None)
-    processor = runner.make_processor(config, tiny("qwen2_5_vl"), [tiny_tokenizer_path()])
+    processor = make_processor(config, tiny_tokenizer_path(), tiny("qwen2_5_vl"))
     examples = [synthetic.generate_example("detection", i, split="val") for i in range(2)]
     monkeypatch.setattr(
         "perception_rl.sampling.generate", OracleGenerate(task, "qwen2_5_vl", processor, examples)

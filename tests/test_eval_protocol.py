@@ -11,6 +11,7 @@ from perception_rl.data import synthetic
 from perception_rl.data.tasks import get_task
 from perception_rl.eval import protocol, runner
 from perception_rl.models.qwen_vl import tiny
+from perception_rl.policy import make_processor
 from perception_rl.processing import tiny_tokenizer_path
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def test_every_split_in_one_table_with_the_papers_rows(tmp_path, monkeypatch):
     config = grounding_config()
     task = get_task("grounding")
     family = "qwen2_vl"
-    processor = runner.make_processor(config, tiny(family), [tiny_tokenizer_path()])
+    processor = make_processor(config, tiny_tokenizer_path(), tiny(family))
     examples = [
         synthetic.generate_example("grounding", i, split=split)
         for split in ("val", "testA")
@@ -169,7 +170,7 @@ def test_runner_decodes_with_the_configs_repetition_penalty(tmp_path, monkeypatc
     task = get_task("counting")
     config = make_config(**{"eval.num_examples": 2, "eval.batch_size": 2})
     config.eval.repetition_penalty = 1.05
-    processor = runner.make_processor(config, tiny("qwen2_5_vl"), [tiny_tokenizer_path()])
+    processor = make_processor(config, tiny_tokenizer_path(), tiny("qwen2_5_vl"))
     examples = [synthetic.generate_example("counting", i, split="val") for i in range(2)]
     oracle = OracleGenerate(task, "qwen2_5_vl", processor, examples)
     monkeypatch.setattr("perception_rl.sampling.generate", oracle)
