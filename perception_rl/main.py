@@ -26,7 +26,6 @@ import logging as std_logging
 import os
 import re
 import sys
-import threading
 import uuid
 
 from absl import app, flags, logging
@@ -49,23 +48,19 @@ _MODE = flags.DEFINE_enum(
 EXIT_CONFIG_ERROR = errors.EXIT_USAGE
 
 
-def fail(message: object, kind: str = "config") -> None:
-    """Prints `perception_rl.main: <kind> error: <message>` as one line; exits EXIT_USAGE."""
-    _quiet_shutdown()
+def fail(message: object, kind: str = "config", *, hard: bool = False) -> None:
+    """Prints `perception_rl.main: <kind> error: <message>` as one line; exits EXIT_USAGE.
+
+    `hard` skips the interpreter's teardown: after a failed checkpoint write, orbax's and
+    tensorstore's background threads print tracebacks at exit ("Event loop is closed", "cannot
+    schedule new futures after shutdown") that say nothing the error line does not.
+    """
     print(f"perception_rl.main: {kind} error: {errors.one_line(message)}", file=sys.stderr)
+    if hard:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(errors.EXIT_USAGE)
     sys.exit(errors.EXIT_USAGE)
-
-
-def _quiet_shutdown() -> None:
-    """After a failed checkpoint write, tensorstore's callbacks find asyncio's loop closed at
-    interpreter exit and print a traceback each; they say nothing the error line does not."""
-
-    def closed_loop(error) -> bool:
-        return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
-
-    previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
-    sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else previous_unraisable(u)
-    threading.excepthook = lambda a: None if closed_loop(a.exc_value) else previous_thread(a)
 
 
 def config_error(message: str) -> None:
@@ -220,11 +215,11 @@ def _run_reporting_errors(config, workdir: str):
     except errors.UsageError as e:
         if os.environ.get("PERCEPTION_RL_TRACEBACK"):
             raise
-        fail(e, _kind(e))
+        fail(e, _kind(e), hard=isinstance(e, errors.CheckpointError))
     except OSError as e:  # the environment: missing or unwritable files, a full disk
         if os.environ.get("PERCEPTION_RL_TRACEBACK"):
             raise
-        fail(describe_os_error(e), "usage")
+        fail(describe_os_error(e), "usage", hard=True)
 
 
 if __name__ == "__main__":

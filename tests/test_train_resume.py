@@ -187,12 +187,10 @@ def test_full_disk_stops_the_run_with_one_line_and_a_rerun_resumes(reference, en
         began = time.monotonic()
         err = finish(launch(disk, env), 2)
         assert time.monotonic() - began < 240
-        assert (
-            err.strip()
-            .splitlines()[-1]
-            .startswith("perception_rl.main: checkpoint error: saving a checkpoint in")
-        )
-        assert "No space left on device" in err.strip().splitlines()[-1]
+        # The checkpoint save, the metrics file or TensorBoard may meet the full disk first;
+        # whichever does, the run ends with one error line naming the cause.
+        errors = [line for line in err.splitlines() if line.startswith("perception_rl.main: ")]
+        assert len(errors) == 1 and "No space left on device" in errors[0], err[-3000:]
         assert not (disk / "policy").exists()
         _mount_tmpfs(disk, "64m", remount=True)  # space freed
         finish(launch(disk, env))

@@ -28,8 +28,18 @@ def read_metrics(path: str) -> list[dict]:
 def _truncate_after(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line cut short (a kill or a full disk mid-write); what follows is newer
+            if record["step"] > step:
+                break
+            kept.append(line if line.endswith("\n") else line + "\n")
     with open(path, "w") as f:
         f.writelines(kept)
 
