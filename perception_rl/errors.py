@@ -8,6 +8,8 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_USAGE = 2
 # A run stopped by SIGTERM after checkpointing: resumable, not finished (sysexits' EX_TEMPFAIL,
 # "try again later"), so `cmd && next` and schedulers do not take it for a finished run.
@@ -36,14 +38,21 @@ def one_line(message: object, limit: int = 600) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def config_value(config, dotted: str) -> Any:
+    """`config.a.b` for `dotted="a.b"`, or None where a level is absent or None (callers may
+    hand in a partial config, e.g. a test's; the defaults live in configs/common.py only)."""
+    value = config
+    for key in dotted.split("."):
+        value = value.get(key) if hasattr(value, "get") else getattr(value, key, None)
+        if value is None:
+            return None
+    return value
+
+
 def require_at_least(config, minimum: int, *dotted: str) -> None:
     """Raises ConfigError for the first `config.<dotted>` below `minimum` (None is skipped):
     a step count of -3 must not run zero steps and exit 0."""
     for name in dotted:
-        value = config
-        for key in name.split("."):
-            value = value.get(key) if hasattr(value, "get") else getattr(value, key, None)
-            if value is None:
-                break
+        value = config_value(config, name)
         if value is not None and value < minimum:
             raise ConfigError(f"{name}={value}; must be >= {minimum}.")

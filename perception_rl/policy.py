@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from perception_rl.errors import CheckpointError, ConfigError
+from perception_rl.errors import CheckpointError, ConfigError, config_value
 from perception_rl.models import from_pretrained, save_pretrained
 from perception_rl.models.qwen_vl import PRESETS, QwenVL, QwenVLConfig, preset
 from perception_rl.parallel import DEFAULT_RULES, partitioning
@@ -101,16 +101,6 @@ def stop_token_ids(tokenizer, eos_id: int | None = None) -> tuple[int, ...]:
     return tuple(dict.fromkeys(i for i in ids if i is not None and i != unknown))
 
 
-def _get(config, dotted: str) -> Any:
-    """`config.a.b`, or None where a level is absent (callers may pass a partial config)."""
-    value = config
-    for key in dotted.split("."):
-        value = value.get(key) if hasattr(value, "get") else getattr(value, key, None)
-        if value is None:
-            return None
-    return value
-
-
 def is_hf_dir(path: Any) -> bool:
     return path is not None and os.path.isfile(os.path.join(str(path), "config.json"))
 
@@ -141,7 +131,7 @@ def check_model(name: str) -> None:
 def tokenizer_dir(config, *candidates: Any) -> str:
     """`config.tokenizer`, else the first candidate directory holding a tokenizer, else the
     packaged tiny tokenizer for "*tiny*" presets."""
-    explicit = _get(config, "tokenizer")
+    explicit = config_value(config, "tokenizer")
     if explicit is not None:
         if not _has_tokenizer(explicit):
             raise ConfigError(f"tokenizer={explicit!r} holds no tokenizer.json.")
@@ -149,7 +139,7 @@ def tokenizer_dir(config, *candidates: Any) -> str:
     for candidate in candidates:
         if _has_tokenizer(candidate):
             return str(candidate)
-    if "tiny" in str(_get(config, "model") or ""):
+    if "tiny" in str(config_value(config, "model") or ""):
         return str(tiny_tokenizer_path())
     raise ConfigError(
         f"no tokenizer in {[str(c) for c in candidates if c is not None]}; set config.tokenizer."
@@ -161,7 +151,7 @@ def make_processor(config, tokenizer: str | os.PathLike, model_config: QwenVLCon
     overrides = {
         key: int(value)
         for key in ("min_pixels", "max_pixels")
-        if (value := _get(config, f"data.{key}")) is not None
+        if (value := config_value(config, f"data.{key}")) is not None
     }
     processor = Processor.from_pretrained(tokenizer, **overrides)
     return processor.with_family(model_config.family, model_config.vision.tokens_per_second)
@@ -191,14 +181,14 @@ def load_policy(config, mesh: Mesh | None = None, *, checkpoint: Any = None) -> 
         ConfigError: `config.model` is neither an HF directory nor a preset; no tokenizer.
         CheckpointError: `checkpoint` (or `config.eval.step`) does not exist.
     """
-    dtype = jnp.dtype(_get(config, "dtype") or "float32")
+    dtype = jnp.dtype(config_value(config, "dtype") or "float32")
     rules = partition_rules(config)
-    model_spec = str(_get(config, "model"))
+    model_spec = str(config_value(config, "model"))
     if checkpoint is not None and is_hf_dir(checkpoint):
         return _from_hf_dir(config, str(checkpoint), dtype, mesh, rules, model_spec)
     check_model(model_spec)
     if checkpoint is not None:
-        params_dir = orbax_params_dir(checkpoint, _get(config, "eval.step"))
+        params_dir = orbax_params_dir(checkpoint, config_value(config, "eval.step"))
         tokenizer = tokenizer_dir(config, model_spec)
         if is_hf_dir(model_spec):
             model_config = QwenVLConfig.from_pretrained(model_spec)
@@ -213,7 +203,7 @@ def load_policy(config, mesh: Mesh | None = None, *, checkpoint: Any = None) -> 
         return _from_hf_dir(config, model_spec, dtype, mesh, rules, model_spec)
     tokenizer = tokenizer_dir(config)
     model_config = preset_architecture(model_spec, tokenizer)
-    seed = int(_get(config, "seed") or 0)
+    seed = int(config_value(config, "seed") or 0)
     graphdef, params = _random_params(model_config, dtype, seed, mesh, rules)
     processor = make_processor(config, tokenizer, model_config)
     return Policy(graphdef, params, model_config, processor, tokenizer)
@@ -221,7 +211,7 @@ def load_policy(config, mesh: Mesh | None = None, *, checkpoint: Any = None) -> 
 
 def partition_rules(config) -> partitioning.Rules:
     """Regex → PartitionSpec rules: `config.param_rules` ((regex, axes), ...) or the defaults."""
-    rules = _get(config, "param_rules") or ()
+    rules = config_value(config, "param_rules") or ()
     if not rules:
         return DEFAULT_RULES
     return tuple((regex, jax.sharding.PartitionSpec(*axes)) for regex, axes in rules)

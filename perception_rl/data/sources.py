@@ -27,42 +27,35 @@ from PIL import Image
 
 from perception_rl.data import synthetic
 from perception_rl.data.tasks import Task
-from perception_rl.errors import ConfigError, DataError
+from perception_rl.errors import ConfigError, DataError, config_value
 
 Example = dict[str, Any]
 DEFAULT_SYNTHETIC_EXAMPLES = 64
 SOURCES = ("synthetic", "tfds", "jsonl")
 
 
-def _get(config, dotted: str) -> Any:
-    value = config
-    for key in dotted.split("."):
-        value = value.get(key) if hasattr(value, "get") else getattr(value, key, None)
-        if value is None:
-            return None
-    return value
-
-
 def example_source(config, task: Task, split: str, num_examples: int | None = None):
     """Random-access examples of `split` from `config.data` (see the module docstring)."""
-    kind = _get(config, "data.source") or "synthetic"
+    kind = config_value(config, "data.source") or "synthetic"
     if kind == "synthetic":
         return synthetic.SyntheticSource(
             task.name,
             split,
             num_examples or DEFAULT_SYNTHETIC_EXAMPLES,
-            seed=_get(config, "data.seed") or 0,
-            config=synthetic.SyntheticConfig(**dict(_get(config, "data.synthetic") or {})),
+            seed=config_value(config, "data.seed") or 0,
+            config=synthetic.SyntheticConfig(**dict(config_value(config, "data.synthetic") or {})),
         )
     if kind == "tfds":
         from perception_rl.data import pipeline
 
-        data_dir = os.path.expanduser(_get(config, "data.data_dir") or "~/tensorflow_datasets")
+        data_dir = os.path.expanduser(
+            config_value(config, "data.data_dir") or "~/tensorflow_datasets"
+        )
         source = pipeline.tfds_source(
-            _get(config, "data.tfds_config") or task.name, split, data_dir
+            config_value(config, "data.tfds_config") or task.name, split, data_dir
         )
     elif kind == "jsonl":
-        directory = _get(config, "data.source_dir")
+        directory = config_value(config, "data.source_dir")
         if directory is None:
             raise ConfigError(
                 "data.source='jsonl' needs data.source_dir (the directory of <split>.jsonl)."

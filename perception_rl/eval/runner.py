@@ -66,7 +66,7 @@ from perception_rl.data.tasks import (
     reward_options,
     task_from_config,
 )
-from perception_rl.errors import CheckpointError, require_at_least
+from perception_rl.errors import CheckpointError, config_value, require_at_least
 from perception_rl.eval.metrics.records import RecordError
 from perception_rl.eval.predictions import (
     PartialPredictions,
@@ -184,12 +184,8 @@ def _settings(config, family: str) -> dict:
 
 def option(config, dotted: str, default: Any = None) -> Any:
     """`config.a.b` for `dotted="a.b"`, or `default` where a level is missing or None."""
-    value = config
-    for key in dotted.split("."):
-        value = value.get(key) if isinstance(value, Mapping) else getattr(value, key, None)
-        if value is None:
-            return default
-    return value
+    value = config_value(config, dotted)
+    return default if value is None else value
 
 
 # ------------------------------------------------------------------------------------- data
