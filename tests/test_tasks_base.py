@@ -102,7 +102,9 @@ def test_perfect_predictions_score_perfectly(name):
     for key, value in metrics.items():
         expected = perfect.get(key, 1.0)
         if expected is not None:
-            assert value == pytest.approx(expected, abs=1e-9), key
+            # CrowdHuman's official JI adds 1e-6 to each image's denominator (k / (m+n-k+eps)).
+            tolerance = 1e-5 if key == "JI" else 1e-9
+            assert value == pytest.approx(expected, abs=tolerance), key
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
