@@ -20,6 +20,8 @@ per evaluation (a standard error of ~1.5 points on an accuracy near 60%). The RE
 import os
 import sys
 
+from ml_collections import config_dict
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # config files are loaded by path; `configs` lives at the root
     sys.path.insert(0, _ROOT)
@@ -62,6 +64,11 @@ def get_config(arg: str | None = None):
     c.sft.checkpoint_every = 400
     c.sft.optim.learning_rate = 2e-3
     c.sft.optim.warmup_steps = 10
+
+    if c.task == "counting":
+        # Unset: Perception-R1's reward. "exact_count" selects R1-V's binary variant
+        # (`--config.reward.kind=exact_count`); declared so the CLI can set it.
+        c.reward.kind = config_dict.placeholder(str)
 
     c.rl.prompts_per_step = 8
     c.rl.num_generations = 8

@@ -40,6 +40,22 @@ def test_config_builds_for_each_task(arg, task):
     assert config.eval.split != config.data.split  # evaluated on held-out examples
 
 
+def test_counting_reward_kind_is_set_from_the_command_line():
+    from absl import flags
+    from ml_collections import config_flags
+
+    from perception_rl.data.tasks import get_task, reward_options
+
+    path = os.path.join(os.path.dirname(synthetic.__file__), "synthetic.py")
+    task = get_task("counting")
+    for extra, want in (([], {}), (["--config.reward.kind=exact_count"], {"kind": "exact_count"})):
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", flag_values=values)
+        values(["main", f"--config={path}", *extra])
+        overrides = values.config.reward.to_dict()
+        assert reward_options(task, "qwen2_5_vl", overrides) == want
+
+
 def test_config_rejects_unknown_task():
     with pytest.raises(ValueError, match="ocr"):
         synthetic.get_config("task=ocr")
