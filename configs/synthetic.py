@@ -20,6 +20,7 @@ per evaluation (a standard error of ~1.5 points on an accuracy near 60%). The RE
 import os
 import sys
 
+import ml_collections
 from ml_collections import config_dict
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,4 +84,15 @@ def get_config(arg: str | None = None):
     c.eval.batch_size = 40
     c.eval.max_new_tokens = 112
     c.eval.gallery_size = 4
+
+    # Report diagnostics (perception_rl.rl.recipe): the paired bootstrap interval of GRPO − SFT
+    # over the held-out examples, and pass@k at the training temperature of both policies on
+    # the first pass_k_examples of them (max(pass_k) samples each, pass_k_prompts prompts per
+    # batch; 0 examples turns it off). 100 x 8 samples cost about one greedy evaluation.
+    c.diagnostics = ml_collections.ConfigDict()
+    c.diagnostics.pass_k = (1, 4, 8)
+    c.diagnostics.pass_k_examples = 100
+    c.diagnostics.pass_k_prompts = 5
+    c.diagnostics.bootstrap_resamples = 2000
+    c.diagnostics.confidence = 0.95
     return c

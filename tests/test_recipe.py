@@ -89,6 +89,9 @@ def _shrunk_config():
         "eval.batch_size": 4,
         "eval.max_new_tokens": 8,
         "eval.gallery_size": 2,
+        "diagnostics.pass_k": (1, 2),
+        "diagnostics.pass_k_examples": 3,
+        "diagnostics.pass_k_prompts": 2,
     }
     return recipe.phase_config(config, **overrides)
 
@@ -110,9 +113,23 @@ def test_recipe_end_to_end_and_resume(tmp_path, capsys):
         saved["metrics"]["grpo"]["accuracy"] - saved["metrics"]["sft"]["accuracy"]
     )
     assert saved["train_reward"]["steps"] == 2
+    # The interval pairs the 4 held-out examples; its centre is the table's difference.
+    assert saved["interval"]["num_examples"] == 4
+    assert saved["interval"]["delta"] == pytest.approx(saved["delta"]["accuracy"])
+    assert saved["interval"]["low"] <= saved["interval"]["delta"] <= saved["interval"]["high"]
+    for phase in recipe.PHASES:
+        found = json.loads((tmp_path / "eval" / phase / "headroom.json").read_text())
+        scores = np.array(found["scores"])
+        assert scores.shape == (3, 2) and set(np.unique(scores)) <= {0.0, 1.0}
+        # pass@1 is the mean sample; pass@2 of two samples: either is right.
+        assert found["pass@k"]["1"] == pytest.approx(scores.mean())
+        assert found["pass@k"]["2"] == pytest.approx(scores.max(1).mean())
+        assert saved["headroom"][phase]["pass@k"] == found["pass@k"]
+        assert saved["headroom"][phase]["greedy"] is not None
     printed = capsys.readouterr().out
     assert "| SFT | validation |" in printed and "| GRPO | validation |" in printed
     assert "Δ GRPO − SFT" in printed
+    assert "paired bootstrap 95% interval" in printed and "| pass@1 | pass@2 |" in printed
 
     # A second run finds every phase done: nothing is retrained or re-evaluated.
     exported = os.path.getmtime(tmp_path / "grpo" / "policy" / "config.json")
