@@ -101,3 +101,12 @@ def test_pass_at_k_needs_k_samples():
         headroom.pass_at_k(np.zeros((3, 8)), 9)
     with pytest.raises(ValueError):
         headroom.pass_at_k(np.zeros((3, 8)), 0)
+
+
+def test_grounding_per_example_scores_are_iou_hits():
+    task = get_task("grounding")
+    examples = [{"boxes": [[0, 0, 10, 10]]}] * 3
+    # IoU 1, 50/150 = 0.33, and an unparsed output.
+    predictions = [{"boxes": [[0, 0, 10, 10]]}, {"boxes": [[5, 0, 15, 10]]}, {"boxes": []}]
+    got = paired.per_example_scores(task, predictions, examples, "acc@0.5")
+    np.testing.assert_array_equal(got, [1, 0, 0])
