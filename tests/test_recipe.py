@@ -70,6 +70,50 @@ def test_moving_average_and_reward_window():
     assert (window["first"], window["last"], window["steps"]) == (2.0, 9.0, 12)
 
 
+def test_report_prints_the_interval_and_the_headroom_table():
+    summary = {
+        "task": "counting",
+        "interval": {
+            "delta": 0.062,
+            "low": 0.031,
+            "high": 0.094,
+            "confidence": 0.95,
+            "resamples": 2000,
+            "num_examples": 1000,
+        },
+        "headroom": {
+            phase: {
+                "key": "accuracy",
+                "num_examples": 100,
+                "num_samples": 8,
+                "temperature": 1.0,
+                "top_k": 50,
+                "top_p": 0.9,
+                "greedy": greedy,
+                "pass@k": {"1": p1, "4": 0.8, "8": 0.875},
+            }
+            for phase, greedy, p1 in (("sft", 0.6, 0.55), ("grpo", 0.66, None))
+        },
+    }
+    assert report.format_interval(summary) == (
+        "Acc GRPO − SFT: +6.2 points, paired bootstrap 95% interval [+3.1, +9.4] "
+        "over 1000 held-out examples (2000 resamples)"
+    )
+    assert report.format_headroom(summary).splitlines() == [
+        (
+            "Headroom on the first 100 held-out examples, 8 samples each at temperature 1 "
+            "(top-k 50, top-p 0.9), accuracy:"
+        ),
+        "",
+        "| policy | greedy | pass@1 | pass@4 | pass@8 |",
+        "|---|---|---|---|---|",
+        "| SFT | 60.0 | 55.0 | 80.0 | 87.5 |",
+        "| GRPO | 66.0 | – | 80.0 | 87.5 |",
+    ]
+    assert report.format_interval({"task": "counting"}) is None
+    assert report.format_headroom({"headroom": None}) is None
+
+
 def _shrunk_config():
     """The default config cut to seconds: tiny model, a few steps, a handful of examples."""
     config = synthetic.get_config()
