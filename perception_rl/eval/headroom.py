@@ -87,23 +87,23 @@ def sample_scores(
             pad_id=processor.pad_token_id,
         )
         for row, example in enumerate(examples):
-            geometry = ImageGeometry.for_image(
-                *example["image"].shape[:2], processor.image_processor
-            )
-            truth = runner.annotation(example)
-            predictions = [
-                task.predict(
-                    tokenizer.decode(
-                        result.tokens[s, : result.lengths[s]].tolist(),
-                        skip_special_tokens=task.skip_special_tokens,
-                    ),
-                    geometry,
-                    family,
+            samples = range(row * num_samples, (row + 1) * num_samples)
+            texts = [
+                tokenizer.decode(
+                    result.tokens[s, : result.lengths[s]].tolist(),
+                    skip_special_tokens=task.skip_special_tokens,
                 )
-                for s in range(row * num_samples, (row + 1) * num_samples)
+                for s in samples
             ]
-            rows.append([task.metrics([p], [truth])[key] for p in predictions])
+            rows.append(_scores(task, example, texts, processor, family, key))
     return np.asarray(rows, np.float64)
+
+
+def _scores(task, example, texts: Sequence[str], processor, family: str, key: str) -> list:
+    """The headline metric of each completion of `example`, parsed as evaluation parses it."""
+    geometry = ImageGeometry.for_image(*example["image"].shape[:2], processor.image_processor)
+    truth = runner.annotation(example)
+    return [task.metrics([task.predict(t, geometry, family)], [truth])[key] for t in texts]
 
 
 def evaluate(config, policy: str, *, num_examples: int, ks: Sequence[int], prompts: int) -> dict:
