@@ -40,20 +40,34 @@ def test_config_builds_for_each_task(arg, task):
     assert config.eval.split != config.data.split  # evaluated on held-out examples
 
 
+# What perception_rl.main does with its flags: app.run parses them, the config section `reward`
+# becomes the reward's options.
+_PRINT_REWARD_OPTIONS = """
+from absl import app, flags
+from ml_collections import config_flags
+from perception_rl.data.tasks import get_task, reward_options
+CONFIG = config_flags.DEFINE_config_file("config")
+app.run(lambda _: print(reward_options(get_task("counting"), "qwen2_5_vl",
+                                       CONFIG.value.reward.to_dict())))
+"""
+
+
 def test_counting_reward_kind_is_set_from_the_command_line():
-    from absl import flags
-    from ml_collections import config_flags
+    import subprocess
 
-    from perception_rl.data.tasks import get_task, reward_options
-
-    path = os.path.join(os.path.dirname(synthetic.__file__), "synthetic.py")
-    task = get_task("counting")
-    for extra, want in (([], {}), (["--config.reward.kind=exact_count"], {"kind": "exact_count"})):
-        values = flags.FlagValues()
-        config_flags.DEFINE_config_file("config", flag_values=values)
-        values(["main", f"--config={path}", *extra])
-        overrides = values.config.reward.to_dict()
-        assert reward_options(task, "qwen2_5_vl", overrides) == want
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for extra, want in (
+        ([], "{}"),
+        (["--config.reward.kind=exact_count"], "{'kind': 'exact_count'}"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", _PRINT_REWARD_OPTIONS, "--config=configs/synthetic.py", *extra],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.strip().splitlines()[-1] == want
 
 
 def test_config_rejects_unknown_task():
