@@ -40,6 +40,36 @@ def test_config_builds_for_each_task(arg, task):
     assert config.eval.split != config.data.split  # evaluated on held-out examples
 
 
+# What perception_rl.main does with its flags: app.run parses them, the config section `reward`
+# becomes the reward's options.
+_PRINT_REWARD_OPTIONS = """
+from absl import app, flags
+from ml_collections import config_flags
+from perception_rl.data.tasks import get_task, reward_options
+CONFIG = config_flags.DEFINE_config_file("config")
+app.run(lambda _: print(reward_options(get_task("counting"), "qwen2_5_vl",
+                                       CONFIG.value.reward.to_dict())))
+"""
+
+
+def test_counting_reward_kind_is_set_from_the_command_line():
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for extra, want in (
+        ([], "{}"),
+        (["--config.reward.kind=exact_count"], "{'kind': 'exact_count'}"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", _PRINT_REWARD_OPTIONS, "--config=configs/synthetic.py", *extra],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.strip().splitlines()[-1] == want
+
+
 def test_config_rejects_unknown_task():
     with pytest.raises(ValueError, match="ocr"):
         synthetic.get_config("task=ocr")
@@ -52,6 +82,50 @@ def test_moving_average_and_reward_window():
     records = [{"step": i + 1, "reward/total/mean": float(i)} for i in range(12)]
     window = recipe.reward_window(records)
     assert (window["first"], window["last"], window["steps"]) == (2.0, 9.0, 12)
+
+
+def test_report_prints_the_interval_and_the_headroom_table():
+    summary = {
+        "task": "counting",
+        "interval": {
+            "delta": 0.062,
+            "low": 0.031,
+            "high": 0.094,
+            "confidence": 0.95,
+            "resamples": 2000,
+            "num_examples": 1000,
+        },
+        "headroom": {
+            phase: {
+                "key": "accuracy",
+                "num_examples": 100,
+                "num_samples": 8,
+                "temperature": 1.0,
+                "top_k": 50,
+                "top_p": 0.9,
+                "greedy": greedy,
+                "pass@k": {"1": p1, "4": 0.8, "8": 0.875},
+            }
+            for phase, greedy, p1 in (("sft", 0.6, 0.55), ("grpo", 0.66, None))
+        },
+    }
+    assert report.format_interval(summary) == (
+        "Acc GRPO − SFT: +6.2 points, paired bootstrap 95% interval [+3.1, +9.4] "
+        "over 1000 held-out examples (2000 resamples)"
+    )
+    assert report.format_headroom(summary).splitlines() == [
+        (
+            "Headroom on the first 100 held-out examples, 8 samples each at temperature 1 "
+            "(top-k 50, top-p 0.9), accuracy:"
+        ),
+        "",
+        "| policy | greedy | pass@1 | pass@4 | pass@8 |",
+        "|---|---|---|---|---|",
+        "| SFT | 60.0 | 55.0 | 80.0 | 87.5 |",
+        "| GRPO | 66.0 | – | 80.0 | 87.5 |",
+    ]
+    assert report.format_interval({"task": "counting"}) is None
+    assert report.format_headroom({"headroom": None}) is None
 
 
 def _shrunk_config():
@@ -73,6 +147,9 @@ def _shrunk_config():
         "eval.batch_size": 4,
         "eval.max_new_tokens": 8,
         "eval.gallery_size": 2,
+        "diagnostics.pass_k": (1, 2),
+        "diagnostics.pass_k_examples": 3,
+        "diagnostics.pass_k_prompts": 2,
     }
     return recipe.phase_config(config, **overrides)
 
@@ -94,9 +171,23 @@ def test_recipe_end_to_end_and_resume(tmp_path, capsys):
         saved["metrics"]["grpo"]["accuracy"] - saved["metrics"]["sft"]["accuracy"]
     )
     assert saved["train_reward"]["steps"] == 2
+    # The interval pairs the 4 held-out examples; its centre is the table's difference.
+    assert saved["interval"]["num_examples"] == 4
+    assert saved["interval"]["delta"] == pytest.approx(saved["delta"]["accuracy"])
+    assert saved["interval"]["low"] <= saved["interval"]["delta"] <= saved["interval"]["high"]
+    for phase in recipe.PHASES:
+        found = json.loads((tmp_path / "eval" / phase / "headroom.json").read_text())
+        scores = np.array(found["scores"])
+        assert scores.shape == (3, 2) and set(np.unique(scores)) <= {0.0, 1.0}
+        # pass@1 is the mean sample; pass@2 of two samples: either is right.
+        assert found["pass@k"]["1"] == pytest.approx(scores.mean())
+        assert found["pass@k"]["2"] == pytest.approx(scores.max(1).mean())
+        assert saved["headroom"][phase]["pass@k"] == found["pass@k"]
+        assert saved["headroom"][phase]["greedy"] is not None
     printed = capsys.readouterr().out
     assert "| SFT | validation |" in printed and "| GRPO | validation |" in printed
     assert "Δ GRPO − SFT" in printed
+    assert "paired bootstrap 95% interval" in printed and "| pass@1 | pass@2 |" in printed
 
     # A second run finds every phase done: nothing is retrained or re-evaluated.
     exported = os.path.getmtime(tmp_path / "grpo" / "policy" / "config.json")

@@ -37,12 +37,18 @@ def test_answer_and_target():
         "<|object_ref_start|>red circle<|object_ref_end|>"
         "<|box_start|>(100,100),(500,500)<|box_end|><|box_start|>(500,500),(1000,1000)<|box_end|>"
     )
-    assert TASK.target(EXAMPLE, GEOMETRY, "qwen2_vl") == {"points": [[300, 300], [750, 750]]}
+    assert TASK.target(EXAMPLE, GEOMETRY, "qwen2_vl") == {
+        "points": [[300, 300], [750, 750]],
+        "frame": [1000, 1000],
+    }
     assert TASK.answer(EXAMPLE, GEOMETRY, "qwen2_5_vl") == (
         "<|object_ref_start|>red circle<|object_ref_end|>"
         "<|box_start|>(34,22),(168,112)<|box_end|><|box_start|>(168,112),(336,224)<|box_end|>"
     )
-    assert TASK.target(EXAMPLE, GEOMETRY, "qwen2_5_vl") == {"points": [[101, 67], [252, 168]]}
+    assert TASK.target(EXAMPLE, GEOMETRY, "qwen2_5_vl") == {
+        "points": [[101, 67], [252, 168]],
+        "frame": [336, 224],  # (W, H) of the resized image: the reward's per-axis 0-1000 map
+    }
 
 
 def test_reward_rewards_the_right_count_only():

@@ -10,7 +10,8 @@ writes under `<workdir>/report/`:
   gallery.png         the GRPO policy's eval gallery (ground truth green, predictions red);
   gallery_sft.png     the SFT policy's, for comparison;
   before_after.json   the summary (`recipe.before_after`);
-  table.md            the task's headline metrics, SFT vs GRPO, as printed.
+  table.md            the task's headline metrics, SFT vs GRPO, as printed, with the paired
+                      bootstrap interval of GRPO − SFT and the headroom table (pass@k).
 """
 
 from __future__ import annotations
@@ -86,6 +87,50 @@ def format_table(summary: dict, split: str) -> str:
     return runner.format_table(task, rows)
 
 
+def format_interval(summary: dict) -> str | None:
+    """One line: the headline's GRPO − SFT with its paired bootstrap interval, in points."""
+    interval = summary.get("interval")
+    if not interval:
+        return None
+    task = get_task(summary["task"])
+    header = task.table_columns[0][1]
+    return (
+        f"{header} GRPO − SFT: {100 * interval['delta']:+.1f} points, paired bootstrap "
+        f"{100 * interval['confidence']:.0f}% interval [{100 * interval['low']:+.1f}, "
+        f"{100 * interval['high']:+.1f}] over {interval['num_examples']} held-out examples "
+        f"({interval['resamples']} resamples)"
+    )
+
+
+def format_headroom(summary: dict) -> str | None:
+    """The pass@k table of both policies (×100), with its sampling settings."""
+    headroom = summary.get("headroom")
+    if not headroom:
+        return None
+    first = headroom["sft"]
+    ks = list(first["pass@k"])
+    title = (
+        f"Headroom on the first {first['num_examples']} held-out examples, "
+        f"{first['num_samples']} samples each at temperature {first['temperature']:g} "
+        f"(top-k {first['top_k']}, top-p {first['top_p']:g}), {first['key']}:"
+    )
+    lines = [
+        title,
+        "",
+        "| policy | greedy | " + " | ".join(f"pass@{k}" for k in ks) + " |",
+        "|" + "---|" * (2 + len(ks)),
+    ]
+    for phase, label in (("sft", "SFT"), ("grpo", "GRPO")):
+        row = headroom[phase]
+        cells = [row.get("greedy"), *(row["pass@k"][k] for k in ks)]
+        lines.append(f"| {label} | " + " | ".join(_points(v) for v in cells) + " |")
+    return "\n".join(lines)
+
+
+def _points(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
 def _records(path: str) -> list[dict]:
     return read_metrics(path) if os.path.exists(path) else []
 
@@ -114,6 +159,9 @@ def write(workdir: str, summary: dict, split: str) -> str:
             f"first {reward['first']:.3f} → last {reward['last']:.3f} "
             f"over {reward['steps']} steps"
         )
+    for extra in (format_interval(summary), format_headroom(summary)):
+        if extra:
+            table += "\n\n" + extra
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")
     print(f"\n{summary['task']}: SFT warm start vs GRPO on the held-out split\n{table}", flush=True)

@@ -6,10 +6,11 @@ counting reward's format gate accepts:
 
     <|object_ref_start|>{label}<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>...
 
-Numbers follow the family: 0–1000 for qwen2_vl, resized-image pixels for qwen2_5_vl (where the
-reward's default distance scale 1000·√2 is the diagonal of the largest ~1 Mpx frame).
-Target `{"points": [[x, y], ...]}`: the centres of the boxes exactly as the answer writes them,
-so the SFT answer scores the maximum 1.0. Reward "counting"; metric: exact-count accuracy (an
+Numbers follow the family: 0–1000 for qwen2_vl, resized-image pixels for qwen2_5_vl.
+Target `{"points": [[x, y], ...], "frame": [W, H]}`: the centres of the boxes exactly as the
+answer writes them, so the SFT answer scores the maximum 1.0, and the policy frame's size
+(1000×1000, or the resized image), which the reward uses to measure distances per axis on
+0–1000 (DESIGN §3). Reward "counting"; metric: exact-count accuracy (an
 empty output is never correct).
 """
 
@@ -56,7 +57,10 @@ class CountingTask:
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         boxes = _instances(example, geometry, family)
-        return {"points": ((boxes[:, :2] + boxes[:, 2:]) / 2).tolist()}
+        return {
+            "points": ((boxes[:, :2] + boxes[:, 2:]) / 2).tolist(),
+            "frame": [int(v) for v in geometry.frame_size(family)],
+        }
 
     def reward_options(self, family: str) -> dict[str, Any]:
         check_family(family)

@@ -62,7 +62,8 @@ def task_from_config(config) -> Task:
 def reward_options(task: Task, family: str, overrides: Mapping[str, Any] | None) -> dict:
     """The reward's keyword options: the task's for this family, then the config's `reward`."""
     options = dict(task.reward_options(family))
-    options.update(dict(overrides or {}))
+    # None is an unset config placeholder (declared so the CLI can set it), not a value.
+    options.update({k: v for k, v in dict(overrides or {}).items() if v is not None})
     return options
 
 
