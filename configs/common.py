@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.dynamic_sampling = False  # drop zero-variance groups, draw fresh prompts
     c.rl.max_resample = 0  # extra draws per step with dynamic sampling
     c.rl.logprob_temperature = 1.0  # PR1 scores training log-probs at temperature 1
+    c.rl.sampler_chunk = config_dict.placeholder(int)  # prompts per sampler call; None = all
 
     c.optim = ml_collections.ConfigDict()  # HF Trainer's AdamW as PR1 ran it
     c.optim.learning_rate = 1e-6
@@ -92,6 +93,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.sft.checkpoint_every = 100
     c.sft.optim = ml_collections.ConfigDict(c.optim.to_dict())
     c.sft.optim.learning_rate = 1e-5
+
+    c.plan = ml_collections.ConfigDict()  # perception_rl.plan: the step's padded shapes
+    c.plan.image_pixels = config_dict.placeholder(int)  # default: data.max_pixels (or synthetic)
+    c.plan.text_tokens = 64  # prompt tokens beside the image (system prompt + task template)
+    c.plan.answer_tokens = 128  # SFT answer tokens
 
     c.eval = ml_collections.ConfigDict()  # perception_rl.eval.runner
     c.eval.split = "validation"

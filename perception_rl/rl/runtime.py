@@ -144,18 +144,32 @@ class Policy:
         return eos if eos is not None else self.processor.tokenizer.eos_token_id
 
 
-def _random_policy(model_config: QwenVLConfig, dtype, seed: int, mesh: Mesh, rules):
-    """A freshly initialised policy, each parameter created directly with its sharding."""
+def abstract_policy(model_config: QwenVLConfig, dtype, seed: int, mesh: Mesh, rules):
+    """(graphdef, abstract params with their shardings, init) of a freshly initialised policy.
+
+    `_random_policy` materialises `init` with these shardings; `perception_rl.plan` compiles
+    the run's programs for the abstract parameters without creating any.
+    """
 
     def init():
         model = QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))
         return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
 
-    abstract = jax.eval_shape(init)
-    shardings = partitioning.state_shardings(abstract, mesh, rules)
+    shapes = jax.eval_shape(init)
+    shardings = partitioning.state_shardings(shapes, mesh, rules)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
     graphdef = nnx.split(
         nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))), nnx.Param
     )[0]
+    return graphdef, abstract, init
+
+
+def _random_policy(model_config: QwenVLConfig, dtype, seed: int, mesh: Mesh, rules):
+    """A freshly initialised policy, each parameter created directly with its sharding."""
+    graphdef, abstract, init = abstract_policy(model_config, dtype, seed, mesh, rules)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract)
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
 
@@ -172,6 +186,27 @@ def make_processor(config, tokenizer_dir: str, model_config: QwenVLConfig) -> Pr
     }
     processor = Processor.from_pretrained(tokenizer_dir, **overrides)
     return processor.with_family(model_config.family, model_config.vision.tokens_per_second)
+
+
+def preset_model_config(config, name: str, tokenizer_dir: str):
+    """(model config, processor) of preset `name` at random init, with its tokenizer's ids."""
+    try:
+        model_config = preset(name)
+    except ValueError:
+        raise ConfigError(
+            f"model={name!r} is neither an HF directory (config.json) nor a preset name."
+        ) from None
+    tokenizer = Processor.from_pretrained(tokenizer_dir).tokenizer
+    ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in _TOKEN_NAMES.items()}
+    # A preset carries the real Qwen ids; a randomly initialised model uses its tokenizer's.
+    model_config = model_config.replace(**ids)
+    processor = make_processor(config, tokenizer_dir, model_config)
+    model_config = model_config.replace(
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=processor.pad_token_id,
+        pad_token_id=processor.pad_token_id,
+    )
+    return model_config, processor
 
 
 def load_policy(config, mesh: Mesh) -> Policy:
@@ -194,22 +229,7 @@ def load_policy(config, mesh: Mesh) -> Policy:
         graphdef, params = nnx.split(model, nnx.Param)
         processor = make_processor(config, tokenizer_dir, model.config)
         return Policy(graphdef, nnx.to_pure_dict(params), model.config, processor, tokenizer_dir)
-    try:
-        model_config = preset(name)
-    except ValueError:
-        raise ConfigError(
-            f"model={name!r} is neither an HF directory (config.json) nor a preset name."
-        ) from None
-    tokenizer = Processor.from_pretrained(tokenizer_dir).tokenizer
-    ids = {field: tokenizer.convert_tokens_to_ids(token) for field, token in _TOKEN_NAMES.items()}
-    # A preset carries the real Qwen ids; a randomly initialised model uses its tokenizer's.
-    model_config = model_config.replace(**ids)
-    processor = make_processor(config, tokenizer_dir, model_config)
-    model_config = model_config.replace(
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=processor.pad_token_id,
-        pad_token_id=processor.pad_token_id,
-    )
+    model_config, processor = preset_model_config(config, name, tokenizer_dir)
     graphdef, params = _random_policy(model_config, dtype, config.seed, mesh, rules)
     return Policy(graphdef, params, model_config, processor, tokenizer_dir)
 
