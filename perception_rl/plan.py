@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 from typing import Any
 
@@ -218,6 +219,7 @@ class Program:
     cost_seconds: float
     repeats: int = 1  # the decode loop's body runs once per new token
     resident: float = 0.0
+    refused: bool = False  # the compiler refused it for lack of HBM (temporaries as it said)
 
     @property
     def peak(self) -> float:
@@ -233,8 +235,34 @@ class Program:
         return self.repeats * roofline
 
 
+_SIZE = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\)")
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": GiB, "T": 1024 * GiB}
+
+
+def _overflow(name: str, error: Exception, *, repeats: int, resident: float) -> Program:
+    """A program the TPU compiler refused for lack of HBM: its reported temporaries."""
+    match = _SIZE.search(str(error))
+    if "RESOURCE_EXHAUSTED" not in str(error) or not match:
+        raise error
+    temporaries = float(match.group(1)) * _UNITS[match.group(2)]
+    return Program(name, 0, 0, 0, temporaries, 0, 0, 0, 0, repeats, resident, refused=True)
+
+
+def compile_once(lowered):
+    """`lowered.compile()`, kept on the object: the decode plan reads the prefill's outputs."""
+    if getattr(lowered, "_plan_compiled", None) is None:
+        lowered._plan_compiled = lowered.compile()
+    return lowered._plan_compiled
+
+
 def measure(name: str, lowered, *, repeats: int = 1, resident: float = 0.0) -> Program:
-    compiled = lowered.compile()
+    """Compiles `lowered` and reads XLA's memory and cost analyses (per device)."""
+    import jax
+
+    try:
+        compiled = compile_once(lowered)
+    except jax.errors.JaxRuntimeError as e:  # libtpu refuses programs that overflow HBM
+        return _overflow(name, e, repeats=repeats, resident=resident)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
     if isinstance(cost, list):  # older jax returned one dict per computation
@@ -277,16 +305,16 @@ def sampler_lowerings(graphdef, params, shapes: Shapes, model_config, mesh, roll
 
     from perception_rl.sampling import sampler
 
-    replicated = NamedSharding(mesh, P())
+    host = None  # numpy inputs: jit places them (replicated over the parameters' mesh)
     b = shapes.sampler_chunk
     length = sampler.bucket(shapes.prompt_length, 16)
     patches = sampler.bucket(b * shapes.patches, 64)
-    i32 = lambda *shape: _sds(shape, jnp.int32, replicated)
+    i32 = lambda *shape: _sds(shape, jnp.int32, host)
     prompt = {
         "input_ids": i32(b, length),
         "attention_mask": i32(b, length),
         "position_ids": i32(3, b, length),
-        "pixel_values": _sds((patches, model_config.vision.patch_dim), jnp.float32, replicated),
+        "pixel_values": _sds((patches, model_config.vision.patch_dim), jnp.float32, host),
         "vision_layout": {
             key: i32(patches) for key in ("rows", "cols", "frame_segments", "window_segments")
         },
@@ -295,19 +323,20 @@ def sampler_lowerings(graphdef, params, shapes: Shapes, model_config, mesh, roll
     prefill = sampler._prefill.lower(
         graphdef, params, prompt, cache_size=cache_size, num_samples=shapes.group
     )
-    compiled = prefill.compile()
+    try:
+        shardings = compile_once(prefill).output_shardings
+    except jax.errors.JaxRuntimeError:  # refused for lack of HBM: assume replicated outputs
+        shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), prefill.out_info)
     outputs = jax.tree.map(
-        lambda info, sharding: _sds(info.shape, info.dtype, sharding),
-        prefill.out_info,
-        compiled.output_shardings,
+        lambda info, sharding: _sds(info.shape, info.dtype, sharding), prefill.out_info, shardings
     )
     key = jax.eval_shape(lambda: jax.random.key(0))
     decode = sampler._decode.lower(
         graphdef,
         params,
         *outputs,
-        _sds(key.shape, key.dtype, replicated),
-        _sds((), jnp.float32, replicated),
+        _sds(key.shape, key.dtype, host),
+        _sds((), jnp.float32, host),
         prompt_length=length,
         max_new_tokens=shapes.completion,
         temperature=float(rollout.temperature),
@@ -366,82 +395,119 @@ def rollout_settings(config, model_config):
     )
 
 
-def make_plan(config, topology: str, mesh_shape=None, mode: str = "train") -> Plan:
-    """Compiles every program of one step of `config` for `topology`; see the module doc."""
-    import jax
+@dataclasses.dataclass
+class Setup:
+    """What the trainer builds before its first step, abstract: mesh, policy and `TrainStep`."""
 
+    chip: Chip
+    devices: list
+    mesh: Any
+    graphdef: Any
+    params: Any
+    model_config: Any
+    step_fn: Any
+    mode: str
+
+    @property
+    def grpo(self) -> bool:
+        return self.mode == "train"
+
+
+def setup(config, topology: str, mesh_shape=None, mode: str = "train") -> Setup:
+    """The trainer's mesh, policy graph and `TrainStep`, built by the trainer's own functions."""
     from perception_rl.parallel import make_mesh
     from perception_rl.rl import runtime, sft, trainer
 
     chip, devices = chip_and_devices(topology)
-    shape = tuple(mesh_shape or config.mesh_shape)
     try:
-        mesh = make_mesh(shape, devices)
+        mesh = make_mesh(tuple(mesh_shape or config.mesh_shape), devices)
     except ValueError as e:
         raise PlanError(f"mesh: {e}") from None
     graphdef, params, model_config = abstract_policy(config, mesh)
-    shapes = step_shapes(config, model_config, mode)
-    grpo = mode == "train"
-    if grpo:
+    if mode == "train":
         runtime.check_rl(config.rl)
         settings, optim, updates = trainer.step_config(config), config.optim, config.train.num_steps
-        micro = config.train.num_micro_batches
     else:
         settings, optim, updates = sft.step_config(config), config.sft.optim, config.sft.num_steps
-        micro = config.sft.num_micro_batches
-    runtime.check_batch("batch", shapes.prompts, shapes.group, micro, mesh)
     policy = runtime.Policy(graphdef, params, model_config, None, "")
     step_fn = trainer.make_train_step(config, policy, mesh, settings, optim, updates)
-    state = step_fn.abstract_state(params)
-    batch = abstract_batch(shapes, model_config, step_fn.batch_sharding, grpo=grpo)
-    weights = per_chip_bytes(params)
-    optimizer = per_chip_bytes(state.opt_state)
-    reference = weights if grpo and config.rl.beta else 0.0
-    programs = []
-    if grpo:
-        if shapes.prompts % shapes.sampler_chunk:
-            raise PlanError(
-                f"rl.sampler_chunk={shapes.sampler_chunk} does not divide {shapes.prompts} prompts."
-            )
-        rollout = rollout_settings(config, model_config)
+    return Setup(chip, devices, mesh, graphdef, params, model_config, step_fn, mode)
+
+
+def resident_bytes(config, s: Setup) -> dict[str, float]:
+    """Per-chip bytes of the buffers that live across the step: weights, optimiser, reference."""
+    state = s.step_fn.abstract_state(s.params)
+    weights = per_chip_bytes(s.params)
+    reference = weights if s.grpo and config.rl.beta else 0.0
+    return {
+        "weights": weights,
+        "optimizer": per_chip_bytes(state.opt_state),
+        "reference": reference,
+    }
+
+
+def lowerings(config, s: Setup, shapes: Shapes) -> list[tuple[str, Any, int, float]]:
+    """(name, lowered program, repeats, resident bytes) of every program of one step, in the
+    order the trainer runs them (`rl.trainer.grpo_step`, or the SFT step)."""
+    import jax
+    import jax.numpy as jnp
+
+    from perception_rl.rl import runtime
+
+    micro = config.train.num_micro_batches if s.grpo else config.sft.num_micro_batches
+    runtime.check_batch("batch", shapes.prompts, shapes.group, micro, s.mesh)
+    step_fn = s.step_fn
+    state = step_fn.abstract_state(s.params)
+    batch = abstract_batch(shapes, s.model_config, step_fn.batch_sharding, grpo=s.grpo)
+    held = resident_bytes(config, s)
+    if not s.grpo:
+        return [("sft update", step_fn.update.lower(state, batch), 1, 0.0)]
+    if shapes.prompts % shapes.sampler_chunk:
+        raise PlanError(
+            f"rl.sampler_chunk={shapes.sampler_chunk} does not divide {shapes.prompts} prompts."
+        )
+    rollout = rollout_settings(config, s.model_config)
+    out = [
+        (name, lowered, repeats, held["optimizer"] + held["reference"])
         for name, lowered, repeats in sampler_lowerings(
-            graphdef, state.params, shapes, model_config, mesh, rollout
-        ):
-            programs.append(
-                measure(name, lowered, repeats=repeats, resident=optimizer + reference)
-            )
-        with_logps = dict(batch, completions=dict(batch["completions"]))
-        logps = jax.ShapeDtypeStruct(
-            batch["completions"]["mask"].shape, jax.numpy.float32, sharding=step_fn.batch_sharding
+            s.graphdef, state.params, shapes, s.model_config, s.mesh, rollout
         )
-        if reference:
-            programs.append(
-                measure(
-                    "reference log-probs",
-                    step_fn.logprobs.lower(params, batch),
-                    resident=weights + optimizer,
-                )
-            )
-            with_logps["completions"]["ref_logps"] = logps
-        if config.rl.num_iterations > 1:
-            programs.append(
-                measure(
-                    "old-policy log-probs",
-                    step_fn.logprobs.lower(state.params, with_logps),
-                    resident=optimizer + reference,
-                )
-            )
-            with_logps["completions"]["old_logps"] = logps
-        batch = with_logps
-    programs.append(
-        measure(
-            "grpo update" if grpo else "sft update",
-            step_fn.update.lower(state, batch),
-            resident=reference,
-        )
+    ]
+    completions = dict(batch["completions"])
+    logps = jax.ShapeDtypeStruct(
+        completions["mask"].shape, jnp.float32, sharding=step_fn.batch_sharding
     )
-    calls = shapes.prompts // shapes.sampler_chunk if grpo else 1
-    return Plan(chip, len(devices), dict(mesh.shape), shapes, programs, calls)
+    if held["reference"]:
+        lowered = step_fn.logprobs.lower(s.params, batch)
+        out.append(("reference log-probs", lowered, 1, held["weights"] + held["optimizer"]))
+        completions["ref_logps"] = logps
+    if config.rl.num_iterations > 1:
+        lowered = step_fn.logprobs.lower(state.params, dict(batch, completions=dict(completions)))
+        out.append(("old-policy log-probs", lowered, 1, held["optimizer"] + held["reference"]))
+        completions["old_logps"] = logps
+    batch = dict(batch, completions=completions)
+    out.append(("grpo update", step_fn.update.lower(state, batch), 1, held["reference"]))
+    return out
+
+
+def make_plan(
+    config, topology: str, mesh_shape=None, mode: str = "train", only: str | None = None
+) -> Plan:
+    """Compiles every program of one step of `config` for `topology`; see the module doc."""
+    s = setup(config, topology, mesh_shape, mode)
+    shapes = step_shapes(config, s.model_config, mode)
+    calls = shapes.prompts // shapes.sampler_chunk if s.grpo else 1
+    held = resident_bytes(config, s)
+    state_bytes = sum(held.values())
+    if state_bytes > s.chip.hbm:  # no compile needed to know this one
+        program = Program("train state", state_bytes, 0, 0, 0, 0, 0, 0, 0)
+        return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, [program], calls)
+    programs = [
+        measure(name, lowered, repeats=repeats, resident=resident)
+        for name, lowered, repeats, resident in lowerings(config, s, shapes)
+        if not only or only in name
+    ]
+    return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, programs, calls)
 
 
 # ------------------------------------------------------------------------------- report
@@ -487,12 +553,6 @@ def shortfall(plan: Plan) -> str:
     )
 
 
-def state_shortfall(config, topology: str, mesh_shape=None) -> str | None:
-    """Fails fast, before any compile, when parameters + optimiser state alone overflow HBM."""
-    del config, topology, mesh_shape
-    return None
-
-
 # --------------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
     from absl import flags
@@ -503,13 +563,14 @@ def main(argv=None) -> int:
         flags.DEFINE_string("topology", "v5e:2x4", "v5e:2x4, v4:2x2x1, v5p:2x2x1, gpu:8, ...")
         flags.DEFINE_string("mesh", None, "data,fsdp,tensor (default: config.mesh_shape)")
         flags.DEFINE_enum("mode", "train", ("train", "sft"), "GRPO or SFT programs")
+        flags.DEFINE_string("only", None, "compile only programs whose name contains this")
         flags.DEFINE_bool("plan_topology", True, "internal: flags defined")
     argv = flags.FLAGS(sys.argv if argv is None else argv)
     config = flags.FLAGS.config
     with_plan_defaults(config)
     mesh = tuple(int(x) for x in flags.FLAGS.mesh.split(",")) if flags.FLAGS.mesh else None
     try:
-        plan = make_plan(config, flags.FLAGS.topology, mesh, flags.FLAGS.mode)
+        plan = make_plan(config, flags.FLAGS.topology, mesh, flags.FLAGS.mode, flags.FLAGS.only)
     except (PlanError, ValueError) as e:
         print(f"perception_rl.plan: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -79,6 +79,7 @@ def rollout_config(config, policy: runtime.Policy, task: Any) -> RolloutConfig:
         advantage_components=tuple(rl.advantage_components),
         dynamic_sampling=rl.dynamic_sampling,
         max_resample=rl.max_resample,
+        sampler_chunk=rl.get("sampler_chunk"),
     )
 
 
