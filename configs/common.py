@@ -77,11 +77,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0
     c.optim.grad_clip = 1.0
+    c.optim.moment_dtype = config_dict.placeholder(str)  # Adam moments; None = param dtype
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 500
     c.train.num_micro_batches = 1  # gradient accumulation inside the step
-    c.train.remat = False  # rematerialise decoder layers
+    c.train.remat = False  # rematerialise decoder and vision layers (= remat_policy per_layer)
+    c.train.remat_policy = config_dict.placeholder(str)  # none | per_layer | save_dots
+    c.train.attention_chunk = config_dict.placeholder(int)  # attention queries per chunk
     c.train.logprob_chunk = 256  # sequence positions per LM-head chunk
     c.train.checkpoint_every = 100  # PR1's save interval
     c.train.keep_checkpoints = 2

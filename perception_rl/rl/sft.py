@@ -49,7 +49,8 @@ def step_config(config) -> StepConfig:
         group_size=1,
         num_micro_batches=config.sft.num_micro_batches,
         logprob_chunk=config.train.logprob_chunk,
-        remat=config.train.remat,
+        remat=config.train.get("remat_policy") or config.train.remat,
+        attention_chunk=config.train.get("attention_chunk"),
     )
 
 

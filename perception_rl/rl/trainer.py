@@ -54,7 +54,8 @@ def step_config(config) -> StepConfig:
         num_micro_batches=train.num_micro_batches,
         logprob_chunk=train.logprob_chunk,
         temperature=rl.logprob_temperature,
-        remat=train.remat,
+        remat=train.get("remat_policy") or train.remat,
+        attention_chunk=train.get("attention_chunk"),
     )
 
 
@@ -100,6 +101,7 @@ def make_train_step(
         eps=optim.eps,
         weight_decay=optim.weight_decay,
         grad_clip=optim.grad_clip,
+        moment_dtype=optim.get("moment_dtype"),
     )
     return TrainStep(
         policy.graphdef,
