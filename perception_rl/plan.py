@@ -446,9 +446,13 @@ def resident_bytes(config, s: Setup) -> dict[str, float]:
     }
 
 
-def lowerings(config, s: Setup, shapes: Shapes) -> list[tuple[str, Any, int, float]]:
+def lowerings(
+    config, s: Setup, shapes: Shapes, only: str | None = None
+) -> list[tuple[str, Any, int, float]]:
     """(name, lowered program, repeats, resident bytes) of every program of one step, in the
-    order the trainer runs them (`rl.trainer.grpo_step`, or the SFT step)."""
+    order the trainer runs them (`rl.trainer.grpo_step`, or the SFT step); with `only`, just
+    the programs whose name contains it."""
+    wanted = lambda name: not only or only in name
     import jax
     import jax.numpy as jnp
 
@@ -467,27 +471,32 @@ def lowerings(config, s: Setup, shapes: Shapes) -> list[tuple[str, Any, int, flo
             f"rl.sampler_chunk={shapes.sampler_chunk} does not divide {shapes.prompts} prompts."
         )
     rollout = rollout_settings(config, s.model_config)
-    out = [
-        (name, lowered, repeats, held["optimizer"] + held["reference"])
-        for name, lowered, repeats in sampler_lowerings(
-            s.graphdef, state.params, shapes, s.model_config, s.mesh, rollout
-        )
-    ]
+    out = []
+    if wanted("sampler prefill") or wanted("sampler decode"):
+        out = [
+            (name, lowered, repeats, held["optimizer"] + held["reference"])
+            for name, lowered, repeats in sampler_lowerings(
+                s.graphdef, state.params, shapes, s.model_config, s.mesh, rollout
+            )
+        ]
     completions = dict(batch["completions"])
     logps = jax.ShapeDtypeStruct(
         completions["mask"].shape, jnp.float32, sharding=step_fn.batch_sharding
     )
-    if held["reference"]:
+    if held["reference"] and wanted("reference log-probs"):
         lowered = step_fn.logprobs.lower(s.params, batch)
         out.append(("reference log-probs", lowered, 1, held["weights"] + held["optimizer"]))
+    if held["reference"]:
         completions["ref_logps"] = logps
-    if config.rl.num_iterations > 1:
+    if config.rl.num_iterations > 1 and wanted("old-policy log-probs"):
         lowered = step_fn.logprobs.lower(state.params, dict(batch, completions=dict(completions)))
         out.append(("old-policy log-probs", lowered, 1, held["optimizer"] + held["reference"]))
+    if config.rl.num_iterations > 1:
         completions["old_logps"] = logps
     batch = dict(batch, completions=completions)
-    out.append(("grpo update", step_fn.update.lower(state, batch), 1, held["reference"]))
-    return out
+    if wanted("grpo update"):
+        out.append(("grpo update", step_fn.update.lower(state, batch), 1, held["reference"]))
+    return [entry for entry in out if wanted(entry[0])]
 
 
 def make_plan(
@@ -504,8 +513,7 @@ def make_plan(
         return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, [program], calls)
     programs = [
         measure(name, lowered, repeats=repeats, resident=resident)
-        for name, lowered, repeats, resident in lowerings(config, s, shapes)
-        if not only or only in name
+        for name, lowered, repeats, resident in lowerings(config, s, shapes, only)
     ]
     return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, programs, calls)
 
@@ -521,9 +529,11 @@ def report(plan: Plan) -> str:
     lines = [
         f"{chip.name} x {plan.chips}, mesh {plan.mesh_shape}, HBM {chip.hbm / GiB:.2f} GiB/chip"
         + ("" if chip.tpu else " (CPU memory analysis: an estimate)"),
-        f"step: {s.prompts} prompts x G={s.group}, prompt {s.prompt_length} tokens "
-        f"({s.patches} patches), {s.completion} new tokens; sampler: {plan.sampler_calls} "
-        f"call(s) of {s.sampler_chunk or s.prompts} prompts",
+        (
+            f"step: {s.prompts} prompts x G={s.group}, prompt {s.prompt_length} tokens "
+            f"({s.patches} patches), {s.completion} new tokens; sampler: {plan.sampler_calls} "
+            f"call(s) of {s.sampler_chunk or s.prompts} prompts"
+        ),
         "per chip, GiB        args   outs  temps   peak +resident   run   TFLOP  GB acc.  time s",
     ]
     for p in plan.programs:
