@@ -42,7 +42,12 @@ setup(
             "tensorflow-datasets>=4.9.10",
             "array-record>=0.8",
             "importlib_resources>=6",
+            # tests/test_plan.py compiles for TPU topologies on CPU (see the "tpu" extra).
+            "libtpu==0.0.42.1",
         ],
+        # `python -m perception_rl.plan --topology=v5e:2x4` on a CPU machine: libtpu compiles
+        # for TPU topologies without TPUs (0.0.42.1 is the build jax 0.10.2 was verified with).
+        "tpu": ["libtpu==0.0.42.1"],
         # Building / reading TFDS datasets (no TensorFlow needed).
         "data": ["tensorflow-datasets>=4.9.10", "array-record>=0.8", "importlib_resources>=6"],
         # METEOR and Chinese segmentation for PageOCR evaluation.
