@@ -538,10 +538,15 @@ def report(plan: Plan) -> str:
     ]
     for p in plan.programs:
         lines.append(
-            f"{p.name:<20}{_gib(p.arguments)} {_gib(p.outputs)} {_gib(p.temporaries)} "
+            f"{p.name + ('*' if p.refused else ''):<20}{_gib(p.arguments)} {_gib(p.outputs)} {_gib(p.temporaries)} "
             f"{_gib(p.peak)} {_gib(p.resident)}  {_gib(p.run_peak)}"
             f"  {p.repeats * p.flops / 1e12:6.2f}  {p.repeats * p.bytes_accessed / 1e9:7.1f}"
             f"  {p.seconds(chip):6.2f}"
+        )
+    if any(p.refused for p in plan.programs):
+        lines.append(
+            "* refused by the compiler for lack of HBM: temporaries as it reported them; "
+            "arguments and costs unknown"
         )
     peak = plan.peak
     verdict = "fits" if plan.fits else "DOES NOT FIT"
