@@ -175,3 +175,11 @@ def test_sampler_chunks_leave_greedy_rollouts_unchanged():
         np.testing.assert_array_equal(other.lengths, results[0].lengths)
         np.testing.assert_array_equal(other.prompt_index, results[0].prompt_index)
         np.testing.assert_allclose(other.logprobs, results[0].logprobs, atol=1e-5)
+
+
+def test_gpu_plan_is_an_estimate_from_cpu_devices():
+    config = smoke_config(mesh_shape=(1, 4, 2))
+    result = plan.make_plan(config, "h100:8", only="update")
+    assert [p.name for p in result.programs] == ["grpo update"]
+    assert not result.chip.tpu and result.fits and result.programs[0].peak > 0
+    assert "an estimate" in plan.report(result)
