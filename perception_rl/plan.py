@@ -357,6 +357,7 @@ class Plan:
     shapes: Shapes
     programs: list[Program]
     sampler_calls: int = 1  # chunks of prompts per step
+    estimate: Estimate | None = None
 
     @property
     def peak(self) -> Program:
@@ -367,23 +368,92 @@ class Plan:
         return self.peak.run_peak <= self.chip.hbm
 
     def step_seconds(self) -> float:
-        total = 0.0
-        for program in self.programs:
-            calls = self.sampler_calls if program.name.startswith("sampler") else 1
-            total += calls * program.seconds(self.chip)
-        return total
-
-    def step_flops(self) -> float:
-        total = 0.0
-        for program in self.programs:
-            calls = self.sampler_calls if program.name.startswith("sampler") else 1
-            total += calls * program.repeats * program.flops
-        return total
+        return sum(self.estimate.phases.values()) if self.estimate else 0.0
 
     def utilisation(self) -> float:
-        """FLOPs the step's programs execute over what the chip could in the estimated time."""
+        """Model FLOPs utilisation of the estimated step (`Estimate`)."""
         seconds = self.step_seconds()
-        return self.step_flops() / (seconds * self.chip.flops) if seconds else 0.0
+        if not seconds:
+            return 0.0
+        return self.estimate.model_flops / (seconds * self.chips * self.chip.flops)
+
+
+# ------------------------------------------------------------------------------ estimate
+@dataclasses.dataclass
+class Estimate:
+    """Step time by phase from a roofline of model FLOPs and bytes (XLA's cost analysis counts a
+    loop body once, so it cannot time the decode loop, the micro-batch scan or the chunked
+    head). Compute phases run at the chips' peak; each decode step reads the weights and the
+    chunk's KV cache. The sampler's inputs are replicated, so every chip runs every rollout.
+
+    Attributes:
+        phases: seconds of sampler prefill / decode, log-probs and update.
+        model_flops: useful FLOPs of the step (6·N·tokens for the update, 2·N·tokens otherwise),
+            counting the sampler's once.
+    """
+
+    phases: dict
+    model_flops: float
+
+
+def param_counts(params) -> tuple[float, float, float]:
+    """(vision, decoder layers, embedding/head) parameter counts of the abstract params."""
+    import jax
+
+    counts = {"visual": 0.0, "layers": 0.0, "other": 0.0}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        keys = "/".join(str(getattr(k, "key", k)) for k in path)
+        group = "visual" if "visual" in keys else "layers" if "layers" in keys else "other"
+        counts[group] += float(math.prod(leaf.shape))
+    return counts["visual"], counts["layers"], counts["other"]
+
+
+def estimate(config, model_config, params, shapes: Shapes, chip: Chip, chips: int) -> Estimate:
+    import jax.numpy as jnp
+
+    text, vision = model_config.text, model_config.vision
+    n_vis, n_layers, _ = param_counts(params)
+    attention = 4 * text.num_layers * text.num_heads * text.head_dim  # per token per key
+    head = 2 * text.hidden_size * text.vocab_size
+    token = lambda context: 2 * n_layers + head + attention * context
+    patch = 2 * n_vis + 4 * vision.depth * vision.width * shapes.patches
+    b, g, p, t = shapes.prompts, shapes.group, shapes.prompt_length, shapes.completion
+    prompt = p * token(p / 2) + shapes.patches * patch
+    completions = b * g * t * token(p + t / 2)
+    forward = b * prompt + completions
+    remat = {"none": 0.0, "per_layer": 1.0, "save_dots": 0.5}[
+        _remat_name(config.train.get("remat_policy") or config.train.remat)
+    ]
+    compute = lambda flops: flops / (chips * chip.flops)
+    phases, model_flops = {}, 0.0
+    if shapes.sampler_chunk:  # GRPO
+        calls = shapes.prompts // shapes.sampler_chunk
+        rows = shapes.sampler_chunk * g
+        width = jnp.dtype(config.dtype).itemsize
+        weights = width * (n_layers + text.hidden_size * text.vocab_size)
+        kv = 2 * text.num_layers * text.num_kv_heads * text.head_dim * width  # k and v
+        step_bytes = weights + rows * (p + t / 2) * kv
+        step_flops = rows * token(p + t / 2)
+        phases["sampler prefill"] = b * prompt / chip.flops  # replicated: one chip does all
+        phases["sampler decode"] = (
+            calls * t * max(step_flops / chip.flops, step_bytes / chip.bandwidth)
+        )
+        model_flops += b * prompt + completions
+        logprob_passes = (1 if config.rl.beta else 0) + (1 if config.rl.num_iterations > 1 else 0)
+        phases["log-probs"] = logprob_passes * compute(forward)
+        model_flops += logprob_passes * forward
+        updates = config.rl.num_iterations
+    else:
+        updates = 1
+    phases["update"] = updates * compute((3 + remat) * forward)
+    model_flops += updates * 3 * forward
+    return Estimate(phases, model_flops)
+
+
+def _remat_name(remat) -> str:
+    from perception_rl.models.qwen_vl.layers import remat_policy
+
+    return remat_policy(remat)
 
 
 def rollout_settings(config, model_config):
@@ -507,15 +577,16 @@ def make_plan(
     shapes = step_shapes(config, s.model_config, mode)
     calls = shapes.prompts // shapes.sampler_chunk if s.grpo else 1
     held = resident_bytes(config, s)
+    timing = estimate(config, s.model_config, s.params, shapes, s.chip, len(s.devices))
     state_bytes = sum(held.values())
     if state_bytes > s.chip.hbm:  # no compile needed to know this one
         program = Program("train state", state_bytes, 0, 0, 0, 0, 0, 0, 0)
-        return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, [program], calls)
+        return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, [program], calls, timing)
     programs = [
         measure(name, lowered, repeats=repeats, resident=resident)
         for name, lowered, repeats, resident in lowerings(config, s, shapes, only)
     ]
-    return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, programs, calls)
+    return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, programs, calls, timing)
 
 
 # ------------------------------------------------------------------------------- report
@@ -534,7 +605,7 @@ def report(plan: Plan) -> str:
             f"({s.patches} patches), {s.completion} new tokens; sampler: {plan.sampler_calls} "
             f"call(s) of {s.sampler_chunk or s.prompts} prompts"
         ),
-        "per chip, GiB        args   outs  temps   peak +resident   run   TFLOP  GB acc.  time s",
+        "per chip, GiB        args   outs  temps   peak +resident   run   TFLOP  GB acc.   xla s",
     ]
     for p in plan.programs:
         lines.append(
@@ -550,10 +621,13 @@ def report(plan: Plan) -> str:
         )
     peak = plan.peak
     verdict = "fits" if plan.fits else "DOES NOT FIT"
+    if plan.estimate:
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in plan.estimate.phases.items())
+        lines.append(f"estimated step (roofline of model FLOPs and bytes): {phases}")
     lines.append(
         f"run: peak {peak.run_peak / GiB:.2f} GiB/chip in {peak.name} of {chip.hbm / GiB:.2f}: "
-        f"{verdict}; estimated step {plan.step_seconds():.1f} s (roofline), "
-        f"FLOP utilisation {100 * plan.utilisation():.0f}%"
+        f"{verdict}; estimated step {plan.step_seconds():.1f} s, "
+        f"MFU {100 * plan.utilisation():.0f}%"
     )
     return "\n".join(lines)
 
