@@ -77,6 +77,15 @@ def chip_and_devices(topology: str):
             devices = topologies.get_topology_desc(topology, platform="tpu").devices
         except Exception as e:  # noqa: BLE001 - libtpu missing or an unknown shape
             raise PlanError(f"topology {topology!r}: {e} (pip install '.[tpu]')") from None
+        cores = 1 + max(getattr(d, "core_on_chip", 0) for d in devices)
+        if cores > 1:  # one device per TensorCore (v4 without megacore): a share of the chip
+            chip = dataclasses.replace(
+                chip,
+                name=f"{chip.name} core",
+                hbm=chip.hbm / cores,
+                flops=chip.flops / cores,
+                bandwidth=chip.bandwidth / cores,
+            )
         return chip, list(devices)
     import jax
 
@@ -570,16 +579,24 @@ def lowerings(
 
 
 def make_plan(
-    config, topology: str, mesh_shape=None, mode: str = "train", only: str | None = None
+    config,
+    topology: str,
+    mesh_shape=None,
+    mode: str = "train",
+    only: str | None = None,
+    state_only: bool = False,
 ) -> Plan:
-    """Compiles every program of one step of `config` for `topology`; see the module doc."""
+    """Compiles every program of one step of `config` for `topology`; see the module doc.
+
+    `state_only`: no compile, only the buffers that live across the step (weights, optimiser
+    state, reference): a lower bound, seconds instead of minutes."""
     s = setup(config, topology, mesh_shape, mode)
     shapes = step_shapes(config, s.model_config, mode)
     calls = shapes.prompts // shapes.sampler_chunk if s.grpo else 1
     held = resident_bytes(config, s)
     timing = estimate(config, s.model_config, s.params, shapes, s.chip, len(s.devices))
     state_bytes = sum(held.values())
-    if state_bytes > s.chip.hbm:  # no compile needed to know this one
+    if state_only or state_bytes > s.chip.hbm:  # no compile needed to know this one
         program = Program("train state", state_bytes, 0, 0, 0, 0, 0, 0, 0)
         return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, [program], calls, timing)
     programs = [
@@ -653,13 +670,21 @@ def main(argv=None) -> int:
         flags.DEFINE_string("mesh", None, "data,fsdp,tensor (default: config.mesh_shape)")
         flags.DEFINE_enum("mode", "train", ("train", "sft"), "GRPO or SFT programs")
         flags.DEFINE_string("only", None, "compile only programs whose name contains this")
+        flags.DEFINE_bool("state_only", False, "no compile: weights + optimiser + reference")
         flags.DEFINE_bool("plan_topology", True, "internal: flags defined")
     argv = flags.FLAGS(sys.argv if argv is None else argv)
     config = flags.FLAGS.config
     with_plan_defaults(config)
     mesh = tuple(int(x) for x in flags.FLAGS.mesh.split(",")) if flags.FLAGS.mesh else None
     try:
-        plan = make_plan(config, flags.FLAGS.topology, mesh, flags.FLAGS.mode, flags.FLAGS.only)
+        plan = make_plan(
+            config,
+            flags.FLAGS.topology,
+            mesh,
+            flags.FLAGS.mode,
+            flags.FLAGS.only,
+            flags.FLAGS.state_only,
+        )
     except (PlanError, ValueError) as e:
         print(f"perception_rl.plan: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
