@@ -155,14 +155,15 @@ def abstract_policy(model_config: QwenVLConfig, dtype, seed: int, mesh: Mesh, ru
         model = QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))
         return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
 
-    shapes = jax.eval_shape(init)
+    # One abstract trace gives both the graph and the shapes (tracing a large init is slow).
+    graphdef, shapes = nnx.split(
+        nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))), nnx.Param
+    )
+    shapes = nnx.to_pure_dict(shapes)
     shardings = partitioning.state_shardings(shapes, mesh, rules)
     abstract = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
-    graphdef = nnx.split(
-        nnx.eval_shape(lambda: QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))), nnx.Param
-    )[0]
     return graphdef, abstract, init
 
 
