@@ -46,7 +46,12 @@ setup(
             "importlib_resources>=6",
             "ijson>=3.2",
             "pyarrow>=14",
+            # tests/test_plan.py compiles for TPU topologies on CPU (see the "tpu" extra).
+            "libtpu==0.0.42.1",
         ],
+        # `python -m perception_rl.plan --topology=v5e:2x4` on a CPU machine: libtpu compiles
+        # for TPU topologies without TPUs (0.0.42.1 is the build jax 0.10.2 was verified with).
+        "tpu": ["libtpu==0.0.42.1"],
         # Building / reading TFDS datasets (no TensorFlow needed); ijson streams COCO-style
         # JSON, pyarrow reads PixMo-Count / PR1 parquet.
         "data": [

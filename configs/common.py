@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.rl.dynamic_sampling = False  # drop zero-variance groups, draw fresh prompts
     c.rl.max_resample = 0  # extra draws per step with dynamic sampling
     c.rl.logprob_temperature = 1.0  # PR1 scores training log-probs at temperature 1
+    c.rl.sampler_chunk = config_dict.placeholder(int)  # prompts per sampler call; None = all
 
     c.optim = ml_collections.ConfigDict()  # HF Trainer's AdamW as PR1 ran it
     c.optim.learning_rate = 1e-6
@@ -77,11 +78,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0
     c.optim.grad_clip = 1.0
+    c.optim.moment_dtype = config_dict.placeholder(str)  # Adam moments; None = param dtype
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 500
     c.train.num_micro_batches = 1  # gradient accumulation inside the step
-    c.train.remat = False  # rematerialise decoder layers
+    c.train.remat = False  # rematerialise decoder and vision layers (= remat_policy per_layer)
+    c.train.remat_policy = config_dict.placeholder(str)  # none | per_layer | save_dots
+    c.train.attention_chunk = config_dict.placeholder(int)  # attention queries per chunk
     c.train.logprob_chunk = 256  # sequence positions per LM-head chunk
     c.train.checkpoint_every = 100  # PR1's save interval
     c.train.keep_checkpoints = 2
@@ -96,6 +100,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.sft.checkpoint_every = 100
     c.sft.optim = ml_collections.ConfigDict(c.optim.to_dict())
     c.sft.optim.learning_rate = 1e-5
+
+    c.plan = ml_collections.ConfigDict()  # perception_rl.plan: the step's padded shapes
+    c.plan.image_pixels = config_dict.placeholder(int)  # default: data.max_pixels (or synthetic)
+    c.plan.text_tokens = 64  # prompt tokens beside the image (system prompt + task template)
+    c.plan.answer_tokens = 128  # SFT answer tokens
 
     c.eval = ml_collections.ConfigDict()  # perception_rl.eval.runner
     c.eval.split = "validation"

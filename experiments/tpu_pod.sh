@@ -10,10 +10,20 @@
 # shared by all hosts (a gs:// path). Before the run, each worker installs the package from its
 # checkout (pip, `jax[tpu]`); the run itself downloads nothing: weights and data must already be
 # on the hosts or in GCS.
+#
+# First, on this machine, `perception_rl.plan` compiles the run's programs for TOPOLOGY (the
+# slice's type and shape, e.g. v5e:4x8; needs `pip install '.[tpu]'`) and the launch stops
+# there if they do not fit. SKIP_PLAN=1 skips it.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
 REPO_DIR=${REPO_DIR:-perception_rl}
 EXTRA_ARGS=$(printf ' %q' "$@")
+
+if [ "${SKIP_PLAN:-0}" != 1 ]; then
+  : "${TOPOLOGY:?set TOPOLOGY (e.g. v5e:4x8) or SKIP_PLAN=1}"
+  python -m perception_rl.plan --config="$CONFIG" --topology="$TOPOLOGY" "$@" \
+    || { echo "tpu_pod.sh: the plan says this run does not fit $TOPOLOGY; not launching." >&2; exit 1; }
+fi
 
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "
   set -e

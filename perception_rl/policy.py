@@ -236,15 +236,31 @@ def _abstract_params(model_config: QwenVLConfig, dtype) -> tuple[Any, Any]:
     return graphdef, nnx.to_pure_dict(state)
 
 
-def _random_params(model_config: QwenVLConfig, dtype, seed: int, mesh, rules):
-    """A freshly initialised policy, each parameter created directly with its sharding."""
+def abstract_policy(model_config: QwenVLConfig, dtype, seed: int, mesh: Mesh | None, rules):
+    """(graphdef, abstract params with their shardings, init) of a freshly initialised policy.
+
+    `_random_params` materialises `init` with these shardings; `perception_rl.plan` compiles
+    the run's programs for the abstract parameters without creating any.
+    """
 
     def init():
         model = QwenVL(model_config, dtype=dtype, rngs=nnx.Rngs(seed))
         return nnx.to_pure_dict(nnx.split(model, nnx.Param)[1])
 
-    graphdef, abstract = _abstract_params(model_config, dtype)
-    shardings = partitioning.state_shardings(abstract, mesh, rules) if mesh else None
+    graphdef, shapes = _abstract_params(model_config, dtype)
+    if mesh is None:
+        return graphdef, shapes, init
+    shardings = partitioning.state_shardings(shapes, mesh, rules)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+    return graphdef, abstract, init
+
+
+def _random_params(model_config: QwenVLConfig, dtype, seed: int, mesh, rules):
+    """A freshly initialised policy, each parameter created directly with its sharding."""
+    graphdef, abstract, init = abstract_policy(model_config, dtype, seed, mesh, rules)
+    shardings = jax.tree.map(lambda a: a.sharding, abstract) if mesh else None
     return graphdef, jax.jit(init, out_shardings=shardings)()
 
 

@@ -39,6 +39,7 @@ def make_train_step(
         eps=optim.eps,
         weight_decay=optim.weight_decay,
         grad_clip=optim.grad_clip,
+        moment_dtype=optim.get("moment_dtype"),
     )
     return TrainStep(
         policy.graphdef,

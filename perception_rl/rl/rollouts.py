@@ -24,7 +24,7 @@ import numpy as np
 from perception_rl import rewards as rewards_lib
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
-from perception_rl.sampling import generate
+from perception_rl.sampling import SampleResult, generate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +47,9 @@ class RolloutConfig:
             (GDPO-style); empty means the reward's "total".
         dynamic_sampling: drop zero-variance groups and draw fresh prompts.
         max_resample: extra draws allowed per step with dynamic sampling.
+        sampler_chunk: prompts per sampler call (a memory lever: the sampler's cache and
+            vision tower hold one chunk at a time); None samples the whole batch at once.
+            Chunk c draws with `fold_in(key, c)`, so only greedy decoding is unchanged by it.
     """
 
     group_size: int
@@ -64,6 +67,7 @@ class RolloutConfig:
     advantage_components: tuple[str, ...] = ()
     dynamic_sampling: bool = False
     max_resample: int = 0
+    sampler_chunk: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +121,39 @@ class RolloutCollector:
             rows, skip_special_tokens=self.config.skip_special_tokens
         )
 
+    def sample(self, params: Any, prompts: dict, key: jax.Array) -> SampleResult:
+        """G completions per prompt of the padded global batch, `sampler_chunk` prompts at a
+        time (every chunk keeps the batch's padded prompt length, so shapes repeat)."""
+        cfg = self.config
+        total = len(prompts["input_ids"])
+        chunk = cfg.sampler_chunk or total
+        if total % chunk:
+            raise ValueError(f"sampler_chunk={chunk} does not divide {total} prompts.")
+        pieces = []
+        for index, start in enumerate(range(0, total, chunk)):
+            part = jax.tree.map(lambda x, start=start: x[start : start + chunk], prompts)
+            out = generate(
+                self.policy.model(params),
+                batch_lib.sampler_inputs(part),
+                max_new_tokens=cfg.max_new_tokens,
+                key=key if chunk == total else jax.random.fold_in(key, index),
+                num_samples=cfg.group_size,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                eos_ids=cfg.eos_ids,
+                pad_id=cfg.pad_id,
+            )
+            pieces.append(dataclasses.replace(out, prompt_index=out.prompt_index + start))
+        if len(pieces) == 1:
+            return pieces[0]
+        return SampleResult(
+            *(
+                np.concatenate([getattr(p, f.name) for p in pieces])
+                for f in dataclasses.fields(SampleResult)
+            )
+        )
+
     def draw(self, params: Any, key: jax.Array) -> Draw:
         """Samples and scores G completions for each prompt of the next global batch."""
         cfg, group = self.config, self.config.group_size
@@ -126,18 +163,7 @@ class RolloutCollector:
         prompts = batch_lib.gather_hosts(
             batch_lib.pad_prompts(local, pad_id=self.policy.pad_id, sizes=sizes)
         )
-        out = generate(
-            self.policy.model(params),
-            batch_lib.sampler_inputs(prompts),
-            max_new_tokens=cfg.max_new_tokens,
-            key=key,
-            num_samples=group,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            eos_ids=cfg.eos_ids,
-            pad_id=cfg.pad_id,
-        )
+        out = self.sample(params, prompts, key)
         mine = batch_lib.host_rows(len(records), group)  # this host's prompts' completions
         texts = self.decode(out.tokens[mine], out.lengths[mine])
         scores = rewards_lib.score_components(

@@ -44,6 +44,18 @@ def sft_batch(records: list[dict], pad_id: int) -> dict:
     return batch_lib.gather_hosts(local)
 
 
+def step_config(config) -> StepConfig:
+    """The static update settings of an SFT config."""
+    return StepConfig(
+        loss="sft",
+        group_size=1,
+        num_micro_batches=config.sft.num_micro_batches,
+        logprob_chunk=config.train.logprob_chunk,
+        remat=config.train.get("remat_policy") or config.train.remat,
+        attention_chunk=config.train.get("attention_chunk"),
+    )
+
+
 def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict:
     """Runs (or resumes) SFT in `workdir` with the `sft` section of the config.
 
@@ -72,13 +84,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     task = runtime.get_task(config) if task is None else task
     source = runtime.training_source(config, task, source)  # checked before any compile
     policy = load_policy(config, mesh)
-    settings = StepConfig(
-        loss="sft",
-        group_size=1,
-        num_micro_batches=cfg.num_micro_batches,
-        logprob_chunk=config.train.logprob_chunk,
-        remat=config.train.remat,
-    )
+    settings = step_config(config)
     step_fn = make_train_step(config, policy, mesh, settings, cfg.optim, cfg.num_steps)
     formatter = batch_lib.PromptFormatter(
         task,

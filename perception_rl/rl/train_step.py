@@ -65,7 +65,10 @@ class StepConfig:
         num_micro_batches: M; the B*G rows are accumulated in M pieces.
         logprob_chunk: sequence positions per chunk of the LM head.
         temperature: divides the logits before the log-softmax.
-        remat: rematerialise each decoder layer in the backward pass.
+        remat: rematerialisation of each decoder and vision layer in the backward pass:
+            False / "none", True / "per_layer", or "save_dots" (`layers.remat_call`).
+        attention_chunk: attention queries per chunk (vision tower and decoder); None
+            attends in one piece. Same numbers, float32 scores of one chunk at a time.
     """
 
     loss: str = "grpo"
@@ -79,7 +82,8 @@ class StepConfig:
     num_micro_batches: int = 1
     logprob_chunk: int = 128
     temperature: float = 1.0
-    remat: bool = False
+    remat: bool | str = False
+    attention_chunk: int | None = None
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -118,6 +122,22 @@ def learning_rate_schedule(
     return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
+def with_moment_dtype(inner: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+    """`inner` run in `dtype`: its state (Adam's moments) is created in `dtype`, gradients are
+    cast to it and the updates cast back to each gradient's dtype (bf16 parameters with
+    float32 moments, or float32 parameters with bf16 moments to halve the optimiser state)."""
+    cast = lambda tree: jax.tree.map(lambda x: x.astype(dtype), tree)
+
+    def init(params):
+        return inner.init(cast(params))
+
+    def update(updates, state, params=None):
+        new, state = inner.update(cast(updates), state, None if params is None else cast(params))
+        return jax.tree.map(lambda n, g: n.astype(g.dtype), new, updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     schedule: optax.Schedule,
     *,
@@ -126,16 +146,25 @@ def make_optimizer(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
+    moment_dtype=None,
 ) -> optax.GradientTransformation:
-    """AdamW after a global-norm clip (HF Trainer's defaults: clip 1.0, eps 1e-8, no decay)."""
+    """AdamW after a global-norm clip (HF Trainer's defaults: clip 1.0, eps 1e-8, no decay).
+
+    `moment_dtype`: the dtype of Adam's moments (and its arithmetic); None keeps optax's
+    behaviour, moments in each parameter's dtype.
+    """
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if moment_dtype is not None:
+        adamw = with_moment_dtype(adamw, jnp.dtype(moment_dtype))
     if grad_clip is None or grad_clip <= 0:
         return adamw
     return optax.chain(optax.clip_by_global_norm(grad_clip), adamw)
 
 
 # ------------------------------------------------------------------------------------ forward
-def prompt_embeddings(model, prompts: dict[str, jax.Array]) -> jax.Array:
+def prompt_embeddings(
+    model, prompts: dict[str, jax.Array], *, remat: bool | str = False, query_chunk=None
+) -> jax.Array:
     """[B, P, H] input embeddings of padded prompts, image features in their image slots.
 
     The vision tower runs per prompt (`vmap`), so a prompt's patches attend only within their
@@ -145,7 +174,9 @@ def prompt_embeddings(model, prompts: dict[str, jax.Array]) -> jax.Array:
     embeds = model.model.embed_tokens(ids)
     if "pixel_values" not in prompts:
         return embeds
-    features = jax.vmap(model.image_features)(
+    features = jax.vmap(
+        lambda *layout: model.image_features(*layout, remat=remat, query_chunk=query_chunk)
+    )(
         prompts["pixel_values"],
         prompts["patch_rows"],
         prompts["patch_cols"],
@@ -163,7 +194,12 @@ def _unconstrained(x):
 
 
 def prompt_states(
-    model, prompts: dict[str, jax.Array], *, remat: bool = False, constrain=_unconstrained
+    model,
+    prompts: dict[str, jax.Array],
+    *,
+    remat: bool | str = False,
+    query_chunk: int | None = None,
+    constrain=_unconstrained,
 ) -> dict:
     """Runs the decoder over each prompt once.
 
@@ -177,12 +213,13 @@ def prompt_states(
     mask = prompts["attention_mask"]
     cache = model.init_cache(mask.shape[0], mask.shape[1])
     hidden, cache = model.model(
-        constrain(prompt_embeddings(model, prompts)),
+        constrain(prompt_embeddings(model, prompts, remat=remat, query_chunk=query_chunk)),
         prompts["position_ids"].swapaxes(0, 1),
         causal_mask(mask),
         cache,
         0,
         remat=remat,
+        query_chunk=query_chunk,
     )
     return {"last_hidden": hidden[:, -1], "kv": cache}
 
@@ -230,6 +267,7 @@ def completion_logprobs(
         cache,
         prompt_length,
         remat=config.remat,
+        query_chunk=config.attention_chunk,
     )
     # Position t is predicted by the state before it: the prompt's last one for t = 0.
     hidden = jnp.concatenate(
@@ -404,7 +442,12 @@ class TrainStep:
     # ----------------------------------------------------------------------------- log-probs
     def _logprobs(self, params: Any, batch: dict) -> jax.Array:
         model = nnx.merge(self.graphdef, params)
-        states = prompt_states(model, batch["prompts"], constrain=self._constrain)
+        states = prompt_states(
+            model,
+            batch["prompts"],
+            query_chunk=self.config.attention_chunk,
+            constrain=self._constrain,
+        )
         prefix, rows = self._rows(states, batch)
         # The module is merged inside the mapped function: NNX's remat must not update
         # variables of a module created outside the loop's trace.
@@ -429,7 +472,11 @@ class TrainStep:
         """Gradients of the batch loss and its summed terms, accumulated over micro-batches."""
         prompts, remat = batch["prompts"], self.config.remat
         prefix_fn = lambda p: prompt_states(
-            nnx.merge(self.graphdef, p), prompts, remat=remat, constrain=self._constrain
+            nnx.merge(self.graphdef, p),
+            prompts,
+            remat=remat,
+            query_chunk=self.config.attention_chunk,
+            constrain=self._constrain,
         )
         if self.config.num_micro_batches == 1:
             full = lambda p: self._micro_loss(p, *self._rows(prefix_fn(p), batch))

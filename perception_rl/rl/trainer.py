@@ -56,7 +56,8 @@ def step_config(config) -> StepConfig:
         num_micro_batches=train.num_micro_batches,
         logprob_chunk=train.logprob_chunk,
         temperature=rl.logprob_temperature,
-        remat=train.remat,
+        remat=train.get("remat_policy") or train.remat,
+        attention_chunk=train.get("attention_chunk"),
     )
 
 
@@ -80,6 +81,7 @@ def rollout_config(config, policy: Policy, task: Any) -> RolloutConfig:
         advantage_components=tuple(rl.advantage_components),
         dynamic_sampling=rl.dynamic_sampling,
         max_resample=rl.max_resample,
+        sampler_chunk=rl.get("sampler_chunk"),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -39,16 +41,79 @@ def linear(n_in: int, n_out: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.L
     )
 
 
-def masked_attention(q, k, v, mask):
+REMAT_POLICIES = ("none", "per_layer", "save_dots")
+
+
+def remat_policy(remat: bool | str | None) -> str:
+    """ "none", "per_layer" or "save_dots"; booleans mean "none" / "per_layer"."""
+    if isinstance(remat, str):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r}; expected one of {', '.join(REMAT_POLICIES)}.")
+        return remat
+    return "per_layer" if remat else "none"
+
+
+def remat_call(fn, remat: bool | str | None):
+    """`fn(module, *args)` (a layer's call) rematerialised in the backward pass.
+
+    per_layer keeps only each layer's inputs; save_dots also keeps the results of matmuls
+    without batch dimensions (the projections), recomputing attention and elementwise ops.
+    The module is split and merged inside `jax.checkpoint` (not `nnx.remat`), so this also
+    works under a `vmap` over a module created outside it (the vision tower per prompt).
+    """
+    policy = remat_policy(remat)
+    if policy == "none":
+        return fn
+    saveable = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    checkpoint = functools.partial(
+        jax.checkpoint, policy=saveable if policy == "save_dots" else None
+    )
+
+    def call(module, *args):
+        graphdef, state = nnx.split(module)
+        pure = lambda state, *args: fn(nnx.merge(graphdef, state), *args)
+        return checkpoint(pure)(state, *args)
+
+    return call
+
+
+def masked_attention(q, k, v, mask, query_chunk: int | None = None):
     """Softmax attention with a boolean mask; scores and softmax in float32.
+
+    With `query_chunk`, queries are processed `query_chunk` at a time (a rematerialised
+    `lax.map`), so the float32 scores are [.., query_chunk, Lk] instead of [.., Lq, Lk]: the
+    same numbers with far less memory for long sequences (a 5,000-patch image's scores are
+    1.6 GB per vision layer).
 
     Args:
       q: [..., Lq, Hkv, R, D] queries, R query heads per key/value head (GQA).
       k, v: [..., Lk, Hkv, D].
       mask: boolean, broadcastable to [..., Hkv, R, Lq, Lk]; True = may attend.
+      query_chunk: queries per chunk; None (or >= Lq) attends in one piece.
     Returns:
       [..., Lq, Hkv, R, D] in the dtype of v.
     """
+    length = q.shape[-4]
+    if not query_chunk or length <= query_chunk:
+        return _attention(q, k, v, mask)
+    n = -(-length // query_chunk)
+    pad = n * query_chunk - length
+    q = jnp.pad(q, [(0, 0)] * (q.ndim - 4) + [(0, pad), (0, 0), (0, 0), (0, 0)])
+    qs = jnp.moveaxis(q.reshape(*q.shape[:-4], n, query_chunk, *q.shape[-3:]), -5, 0)
+    if mask.shape[-2] == 1:  # the same mask row for every query
+        masks = jnp.broadcast_to(mask[None], (n, *mask.shape))
+    else:
+        mask = jnp.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(0, pad), (0, 0)])
+        masks = mask.reshape(*mask.shape[:-2], n, query_chunk, mask.shape[-1])
+        masks = jnp.moveaxis(masks, -3, 0)
+    chunk = jax.checkpoint(lambda args: _attention(args[0], k, v, args[1]))
+    out = jax.lax.map(chunk, (qs, masks))  # [n, ..., C, Hkv, R, D]
+    out = jnp.moveaxis(out, 0, -5)
+    out = out.reshape(*out.shape[:-5], n * query_chunk, *out.shape[-3:])
+    return out[..., :length, :, :, :]
+
+
+def _attention(q, k, v, mask):
     scale = q.shape[-1] ** -0.5
     scores = jnp.einsum("...qhrd,...khd->...hrqk", q, k, preferred_element_type=jnp.float32) * scale
     # A finite floor (not -inf, not a bf16 finfo.min bias): fully masked pad rows stay finite.

@@ -42,9 +42,16 @@ class QwenVL(nnx.Module):
         return self.model.embed_tokens.embedding.dtype
 
     # ------------------------------------------------------------------------------ pieces
-    def image_features(self, pixel_values, rows, cols, frame_segments, window_segments):
-        """Merged vision features [N/4, hidden] for concatenated patches [N, patch_dim]."""
-        return self.visual(pixel_values, rows, cols, frame_segments, window_segments)
+    def image_features(
+        self, pixel_values, rows, cols, frame_segments, window_segments, **memory_options
+    ):
+        """Merged vision features [N/4, hidden] for concatenated patches [N, patch_dim].
+
+        `memory_options`: `remat` / `query_chunk` of `VisionTower.__call__`.
+        """
+        return self.visual(
+            pixel_values, rows, cols, frame_segments, window_segments, **memory_options
+        )
 
     def embed(self, input_ids, pixel_values=None, vision_layout=None, image_slots=None):
         """Token embeddings with image features scattered into the image slots.

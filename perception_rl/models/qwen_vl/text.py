@@ -6,6 +6,8 @@ the same layer code serves a full forward (S = Lq) and cached prefill/decode (S 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -44,7 +46,9 @@ class Attention(nnx.Module):
             c.num_heads * hd, c.hidden_size, bias=False, dtype=dtype, rngs=rngs
         )
 
-    def __call__(self, x, cos, sin, mask, cache: LayerCache | None = None, cache_index=None):
+    def __call__(
+        self, x, cos, sin, mask, cache: LayerCache | None = None, cache_index=None, query_chunk=None
+    ):
         b, l, _ = x.shape
         q = self.q_proj(x).reshape(b, l, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, l, self.num_kv_heads, self.head_dim)
@@ -58,7 +62,9 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), at)
             cache = {"k": k, "v": v}
         q = q.reshape(b, l, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)
-        out = layers.masked_attention(q, k.astype(x.dtype), v.astype(x.dtype), mask[:, None, None])
+        out = layers.masked_attention(
+            q, k.astype(x.dtype), v.astype(x.dtype), mask[:, None, None], query_chunk
+        )
         return self.o_proj(out.reshape(b, l, -1)), cache
 
 
@@ -69,8 +75,10 @@ class DecoderLayer(nnx.Module):
         self.self_attn = Attention(c, dtype=dtype, rngs=rngs)
         self.mlp = SwiGluMLP(c.hidden_size, c.intermediate_size, bias=False, dtype=dtype, rngs=rngs)
 
-    def __call__(self, h, cos, sin, mask, cache=None, cache_index=None):
-        a, cache = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, cache_index)
+    def __call__(self, h, cos, sin, mask, cache=None, cache_index=None, query_chunk=None):
+        a, cache = self.self_attn(
+            self.input_layernorm(h), cos, sin, mask, cache, cache_index, query_chunk
+        )
         h = h + a
         return h + self.mlp(self.post_attention_layernorm(h)), cache
 
@@ -93,14 +101,30 @@ class Decoder(nnx.Module):
         )
         self.norm = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype)
 
-    def __call__(self, embeds, position_ids, mask, cache=None, cache_index=None, remat=False):
-        """embeds [B, L, H], position_ids [3, B, L], mask [B, L, S] → (hidden [B, L, H], cache)."""
+    def __call__(
+        self,
+        embeds,
+        position_ids,
+        mask,
+        cache=None,
+        cache_index=None,
+        remat: bool | str = False,
+        query_chunk: int | None = None,
+    ):
+        """embeds [B, L, H], position_ids [3, B, L], mask [B, L, S] → (hidden [B, L, H], cache).
+
+        `remat`: a `layers.remat_call` policy per layer; `query_chunk`: attention queries per
+        chunk (`layers.masked_attention`).
+        """
         c = self.config
         cos, sin = rope.mrope_cos_sin(position_ids, c.head_dim, c.rope_theta, c.mrope_section)
         h, new_cache = embeds, []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else cache[i]
-            call = nnx.remat(type(layer).__call__) if remat else type(layer).__call__
+            call = type(layer).__call__
+            if query_chunk:
+                call = functools.partial(call, query_chunk=query_chunk)
+            call = layers.remat_call(call, remat)
             h, layer_cache = call(layer, h, cos, sin, mask, layer_cache, cache_index)
             new_cache.append(layer_cache)
         return self.norm(h), (None if cache is None else new_cache)

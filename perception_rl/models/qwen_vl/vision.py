@@ -9,6 +9,7 @@ is masked by segment equality; attention is permutation-equivariant, so this equ
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +85,7 @@ class VisionAttention(nnx.Module):
         self.qkv = layers.linear(c.width, 3 * c.width, bias=True, dtype=dtype, rngs=rngs)
         self.proj = layers.linear(c.width, c.width, bias=True, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segments):
+    def __call__(self, x, cos, sin, segments, query_chunk=None):
         n = x.shape[0]
         q, k, v = jnp.split(self.qkv(x).reshape(n, 3, self.num_heads, -1), 3, axis=1)
         q, k, v = q[:, 0], k[:, 0], v[:, 0]  # [N, heads, hd]
@@ -92,7 +93,7 @@ class VisionAttention(nnx.Module):
         q = rope.apply_rotary(q.astype(jnp.float32), cos, sin).astype(x.dtype)
         k = rope.apply_rotary(k.astype(jnp.float32), cos, sin).astype(x.dtype)
         mask = segments[:, None] == segments[None, :]  # [N, N]
-        out = layers.masked_attention(q[:, :, None], k, v, mask)  # [N, heads, 1, hd]
+        out = layers.masked_attention(q[:, :, None], k, v, mask, query_chunk)  # [N, heads, 1, hd]
         return self.proj(out.reshape(n, -1))
 
 
@@ -136,8 +137,8 @@ class VisionBlock(nnx.Module):
         else:
             self.mlp = SwiGluMLP(c.width, c.mlp_dim, bias=True, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segments):
-        x = x + self.attn(self.norm1(x), cos, sin, segments)
+    def __call__(self, x, cos, sin, segments, query_chunk=None):
+        x = x + self.attn(self.norm1(x), cos, sin, segments, query_chunk)
         return x + self.mlp(self.norm2(x))
 
 
@@ -169,10 +170,24 @@ class VisionTower(nnx.Module):
             bool(c.window_tokens) and i not in c.fullatt_block_indexes for i in range(c.depth)
         )
 
-    def __call__(self, pixel_values, rows, cols, frame_segments, window_segments):
+    def __call__(
+        self,
+        pixel_values,
+        rows,
+        cols,
+        frame_segments,
+        window_segments,
+        remat: bool | str = False,
+        query_chunk: int | None = None,
+    ):
+        """`remat` and `query_chunk` as in the decoder (`text.Decoder`)."""
         c = self.config
         x = self.patch_embed(pixel_values.astype(self.patch_embed.kernel.dtype))
         cos, sin = rope.vision_cos_sin(rows, cols, c.head_dim, c.rope_theta)
+        call = type(self.blocks[0]).__call__
+        if query_chunk:
+            call = functools.partial(call, query_chunk=query_chunk)
+        call = layers.remat_call(call, remat)
         for block, windowed in zip(self.blocks, self.windowed):
-            x = block(x, cos, sin, window_segments if windowed else frame_segments)
+            x = call(block, x, cos, sin, window_segments if windowed else frame_segments)
         return self.merger(x)
