@@ -346,12 +346,14 @@ def sampler_lowerings(graphdef, params, shapes: Shapes, model_config, mesh, roll
         *outputs,
         _sds(key.shape, key.dtype, host),
         _sds((), jnp.float32, host),
+        None,  # tokens seen: training samples without a repetition penalty
         prompt_length=length,
         max_new_tokens=shapes.completion,
         temperature=float(rollout.temperature),
         top_k=int(rollout.top_k),
         eos_ids=tuple(int(e) for e in rollout.eos_ids),
         pad_id=int(rollout.pad_id),
+        repetition_penalty=1.0,  # what training's `generate` call passes
     )
     return [("sampler prefill", prefill, 1), ("sampler decode", decode, shapes.completion)]
 
@@ -469,8 +471,10 @@ def rollout_settings(config, model_config):
     """Sampling settings as the trainer's `rollout_config` derives them (no reward needed)."""
     eos = model_config.eos_token_id if model_config.eos_token_id is not None else 0
     pad = model_config.pad_token_id if model_config.pad_token_id is not None else 0
+    # `policy.stop_token_ids`: eos (<|im_end|>), then <|endoftext|>, Qwen's pad token.
+    stops = tuple(dict.fromkeys(i for i in (eos, model_config.pad_token_id) if i is not None))
     return dataclasses.make_dataclass("Rollout", ["temperature", "top_k", "eos_ids", "pad_id"])(
-        config.rl.temperature, config.rl.top_k, (eos,), pad
+        config.rl.temperature, config.rl.top_k, stops, pad
     )
 
 
