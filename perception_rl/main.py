@@ -45,7 +45,6 @@ _MODE = flags.DEFINE_enum(
     "train (GRPO), sft, eval or recipe (SFT, GRPO, "
     "evals, report); default: config.mode, else train.",
 )
-EXIT_CONFIG_ERROR = errors.EXIT_USAGE
 
 
 def fail(message: object, kind: str = "config", *, hard: bool = False) -> None:

@@ -78,7 +78,6 @@ from perception_rl.eval.predictions import (
 Example = dict[str, Any]
 Record = dict[str, Any]
 ANNOTATION_KEYS = ("boxes", "labels", "points", "text", "ignore_boxes")
-DEFAULT_SYNTHETIC_EXAMPLES = 64
 
 
 @dataclasses.dataclass(frozen=True)
