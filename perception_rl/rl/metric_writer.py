@@ -104,5 +104,7 @@ class MetricWriter:
 
     def close(self) -> None:
         if self._enabled:
-            self._tensorboard.close()
+            # The bar first: an error raised by TensorBoard's flush (a full disk) must print
+            # on a line of its own, not after the bar's unfinished one.
             self._bar.close()
+            self._tensorboard.close()
