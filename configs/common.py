@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     """Perception-R1 defaults on the tiny random policy and synthetic counting data."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "counting"  # perception_rl.data.tasks registry name
+    c.task = "counting"  # perception_rl.tasks registry name
     c.task_options = ml_collections.ConfigDict()  # overrides of the task's fields
     c.model = "qwen2p5_vl_tiny"  # an HF checkpoint directory, or a preset name
     c.tokenizer = config_dict.placeholder(str)  # default: the model dir, or the tiny one

@@ -168,8 +168,8 @@ def test_training_reads_the_papers_first_examples(monkeypatch):
     import grain
 
     from perception_rl.data import pipeline
-    from perception_rl.data.tasks import get_task
     from perception_rl.rl import runtime
+    from perception_rl.tasks import get_task
 
     config = load("pr1/grounding").get_config()
     assert config.data.first_examples == 5000  # PR1: the first 5,000 of refcoco_320k

@@ -16,7 +16,7 @@ from test_data_builders_coco import write_coco
 from test_data_builders_crowdhuman import write_crowdhuman
 from test_data_builders_refcoco import write_refer
 
-from perception_rl.data import build, datasets, pipeline
+from perception_rl.data import build, datasets, pipeline, sources
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -90,20 +90,11 @@ def test_detection_task_takes_label_names_from_the_dataset(tmp_path):
         ["coco_detection", f"--manual_dir={write_coco(tmp_path / 'raw')}", f"--data_dir={tmp_path}"]
     )
     data = {"source": "tfds", "tfds_config": "coco_detection", "data_dir": str(tmp_path)}
-    options = datasets.task_options("detection", {}, data)
-    assert options == {"label_names": ("person", "car", "toothbrush")}
-    assert datasets.task_options("detection", {"label_names": ("a",)}, data)["label_names"] == (
-        "a",
-    )
-    assert datasets.task_options("detection", {}, {**data, "source": "synthetic"}) == {}
-    assert datasets.task_options("ocr", {}, data) == {}
-
-    import ml_collections
-
-    from perception_rl.rl import runtime
-
-    config = ml_collections.ConfigDict({"task": "detection", "task_options": {}, "data": data})
-    assert runtime.get_task(config).label_names == ("person", "car", "toothbrush")
+    config = {"task": "detection", "data": data}
+    assert sources.task_from_config(config).label_names == ("person", "car", "toothbrush")
+    config["task_options"] = {"label_names": ("a",)}
+    assert sources.task_from_config(config).label_names == ("a",)
+    assert sources.task_from_config({"task": "ocr", "data": data}).name == "ocr"
 
 
 def _main(workdir, *args, timeout=600):

@@ -102,7 +102,7 @@ def test_too_many_missing_images_fail_the_build(tmp_path):
 
 
 def test_counting_metric_reads_the_rows_count():
-    from perception_rl.data.tasks import counting
+    from perception_rl.tasks import counting
 
     assert counting.count({"count": 3, "points": np.zeros((0, 2))}) == 3
     assert counting.count({"points": np.zeros((2, 2))}) == 2

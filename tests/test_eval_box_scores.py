@@ -53,13 +53,13 @@ def test_runner_writes_scores_for_likelihood_scored_detection(monkeypatch):
     from test_eval_runner import OracleGenerate
 
     from perception_rl.data import synthetic
-    from perception_rl.data.tasks import get_task
     from perception_rl.eval import runner
     from perception_rl.models.qwen_vl import tiny
     from perception_rl.policy import make_processor
     from perception_rl.processing import tiny_tokenizer_path
+    from perception_rl.tasks import get_task
 
-    task = get_task("detection", score_detections="likelihood")
+    task = get_task("detection", label_names=synthetic.LABELS, score_detections="likelihood")
     config = types.SimpleNamespace(tokenizer=None, data=None)
     processor = make_processor(config, tiny_tokenizer_path(), tiny("qwen2_5_vl"))
     examples = [synthetic.generate_example("detection", i, split="val") for i in range(2)]

@@ -9,7 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from perception_rl.eval import COCO_METRIC_NAMES, coco_metrics
+from perception_rl.metrics import COCO_METRIC_NAMES, coco_metrics
 
 CATEGORIES = (1, 3, 8)  # Non-contiguous ids, as in COCO.
 

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from perception_rl.eval import counting_metrics
-from perception_rl.eval.metrics import count_correct
+from perception_rl.metrics import count_correct, counting_metrics
 
 
 def test_counting_exact_match_and_empty_output_never_correct():

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from perception_rl.eval import metrics
+from perception_rl import metrics
 
 
 def crowd_metrics(gt, detections, **kw):

@@ -16,7 +16,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from perception_rl.eval import crowd_metrics
+from perception_rl.metrics import crowd_metrics
 
 MR_REF = [0.0100, 0.0178, 0.03160, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.000]
 
@@ -373,7 +373,7 @@ def test_boxes_past_the_border_are_clipped_before_matching():
 
 
 def test_clipping_protocol_needs_the_image_size():
-    from perception_rl.eval import RecordError
+    from perception_rl.metrics import RecordError
 
     gt = {"images": [{"id": 1}], "annotations": []}
     with pytest.raises(RecordError, match="width"):

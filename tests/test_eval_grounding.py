@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from perception_rl.eval import grounding_metrics
-from perception_rl.eval.metrics import box_iou, centre_inside
+from perception_rl.metrics import box_iou, centre_inside, grounding_metrics
 
 _GT = [0.0, 0.0, 100.0, 10.0]
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from nltk.metrics import f_measure, precision, recall
 from rapidfuzz.distance import Levenshtein
 
-from perception_rl.eval.metrics import ocr
+from perception_rl.metrics import ocr
 
 # A small vocabulary, so that generated pages share many n-grams.
 _WORDS = st.lists(st.sampled_from(["the", "cat", "sat", "on", "a", "mat", "Mat", "."]), max_size=14)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from perception_rl.data.tasks import get_task
 from perception_rl.eval import headroom, paired
+from perception_rl.tasks import get_task
 
 
 def test_bootstrap_interval_matches_the_normal_approximation():

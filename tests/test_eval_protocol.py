@@ -8,11 +8,11 @@ import types
 import pytest
 
 from perception_rl.data import synthetic
-from perception_rl.data.tasks import get_task
 from perception_rl.eval import protocol, runner
 from perception_rl.models.qwen_vl import tiny
 from perception_rl.policy import make_processor
 from perception_rl.processing import tiny_tokenizer_path
+from perception_rl.tasks import get_task
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

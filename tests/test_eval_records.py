@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from perception_rl.eval import RecordError, coco_metrics, crowd_metrics
+from perception_rl.metrics import RecordError, coco_metrics, crowd_metrics
 
 _GT = {
     "images": [{"id": 1}, {"id": 2}],

@@ -15,13 +15,14 @@ from PIL import Image
 from perception_rl import policy as policy_lib
 from perception_rl import rewards
 from perception_rl.data import sources, synthetic
-from perception_rl.data.tasks import FAMILIES, TASKS, ImageGeometry, get_task
 from perception_rl.errors import CheckpointError, DataError
-from perception_rl.eval import RecordError, runner
+from perception_rl.eval import runner
+from perception_rl.metrics import RecordError
 from perception_rl.models import QwenVL, save_pretrained
 from perception_rl.models.qwen_vl import tiny
 from perception_rl.processing import TINY_TOKEN_IDS, tiny_tokenizer_path
 from perception_rl.sampling import SampleResult
+from perception_rl.tasks import FAMILIES, TASKS, ImageGeometry, get_task
 
 
 def make_config(**fields):
@@ -194,8 +195,8 @@ PERFECT = {
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_oracle_completions_score_perfectly(name, family, tmp_path, monkeypatch):
-    task = get_task(name)
     config = make_config(task=name, **{"eval.num_examples": 5, "eval.batch_size": 3})
+    task = sources.task_from_config(config)
     processor = policy_lib.make_processor(config, tiny_tokenizer_path(), tiny(family))
     examples = [synthetic.generate_example(name, i, split="val") for i in range(5)]
     monkeypatch.setattr(
@@ -292,7 +293,7 @@ def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
     (tmp_path / "val.jsonl").write_text(json.dumps(good) + "\n")
     source = runner.make_source(
         make_config(**{"data.source": "jsonl", "data.source_dir": str(tmp_path)}),
-        get_task("detection"),
+        get_task("detection", label_names=synthetic.LABELS),
         "val",
     )
     example = source[0]
@@ -304,7 +305,7 @@ def test_ground_truth_jsonl_source_and_malformed_records(tmp_path):
     def opens(*records):
         path = tmp_path / "bad.jsonl"
         path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records))
-        return sources.JsonlSource(path, get_task("detection"))
+        return sources.JsonlSource(path, get_task("detection", label_names=synthetic.LABELS))
 
     where = f"{tmp_path / 'bad.jsonl'} line 2"
     for bad, problem in [

@@ -87,11 +87,9 @@ def test_policy_loss_matches_formula(kl, agg, eps):
         ref,
         adv,
         mask,
-        beta=0.04,
-        epsilon_low=eps_low,
-        epsilon_high=eps_high,
-        kl_estimator=kl,
-        loss_agg=agg,
+        grpo.LossSettings(
+            beta=0.04, epsilon_low=eps_low, epsilon_high=eps_high, kl_estimator=kl, loss_agg=agg
+        ),
         entropy=entropy,
     )
     expected = np_policy_loss(
@@ -125,11 +123,13 @@ def test_policy_loss_without_reference_and_with_max_tokens_norm():
         None,
         adv,
         mask,
-        beta=0.04,
-        epsilon_low=0.2,
-        kl_estimator="k3",
-        loss_agg="seq_mean_token_sum_norm",
-        max_tokens_norm=32,
+        grpo.LossSettings(
+            beta=0.04,
+            epsilon_low=0.2,
+            kl_estimator="k3",
+            loss_agg="seq_mean_token_sum_norm",
+            max_tokens_norm=32,
+        ),
     )
     expected = np_policy_loss(
         lp.astype(np.float64),
@@ -159,10 +159,9 @@ def test_on_policy_reduces_to_perception_r1(kl):
         ref,
         adv,
         mask,
-        beta=beta,
-        epsilon_low=0.2,
-        kl_estimator=kl,
-        loss_agg="seq_mean_token_mean",
+        grpo.LossSettings(
+            beta=beta, epsilon_low=0.2, kl_estimator=kl, loss_agg="seq_mean_token_mean"
+        ),
     )
     (loss, metrics), grad = jax.value_and_grad(fn, has_aux=True)(jnp.asarray(lp))
     np.testing.assert_allclose(metrics["ratio"], 1.0, rtol=1e-7)
@@ -205,11 +204,9 @@ def test_gradient_matches_finite_differences(kl, agg):
                 ref,
                 adv,
                 mask,
-                beta=0.3,
-                epsilon_low=0.1,
-                epsilon_high=0.15,
-                kl_estimator=kl,
-                loss_agg=agg,
+                grpo.LossSettings(
+                    beta=0.3, epsilon_low=0.1, epsilon_high=0.15, kl_estimator=kl, loss_agg=agg
+                ),
             )[0]
 
         grad = np.asarray(jax.grad(loss)(jnp.asarray(theta)))
@@ -227,22 +224,22 @@ def test_micro_batch_accumulation_equals_full_batch(agg):
     """Sums of LossTerms over micro-batches, then divide: loss, metrics and gradients match."""
     lp, old, ref, adv, mask, entropy = random_batch(seed=4, batch=7, length=10)
     mask[4:7, 7:] = 0.0  # short completions in the last micro-batch
-    kwargs = {
-        "beta": 0.04,
-        "epsilon_low": 0.2,
-        "epsilon_high": 0.28,
-        "kl_estimator": "k3",
-        "loss_agg": agg,
-        "max_tokens_norm": 10,
-    }
+    settings = grpo.LossSettings(
+        beta=0.04,
+        epsilon_low=0.2,
+        epsilon_high=0.28,
+        kl_estimator="k3",
+        loss_agg=agg,
+        max_tokens_norm=10,
+    )
 
     @jax.jit
     @functools.partial(jax.grad, has_aux=True)
     def micro_grad(x, old, ref, adv, mask, entropy):
-        terms = grpo.policy_loss_terms(x, old, ref, adv, mask, entropy=entropy, **kwargs)
+        terms = grpo.policy_loss_terms(x, old, ref, adv, mask, settings, entropy=entropy)
         return terms.loss_sum, terms
 
-    full_fn = jax.jit(lambda x: grpo.policy_loss(x, old, ref, adv, mask, entropy=entropy, **kwargs))
+    full_fn = jax.jit(lambda x: grpo.policy_loss(x, old, ref, adv, mask, settings, entropy=entropy))
     (full_loss, full_metrics), full_grad = jax.value_and_grad(full_fn, has_aux=True)(lp)
 
     # The last micro-batch is cut to the width its masks need, as a length bucket would be.
@@ -262,17 +259,14 @@ def test_micro_batch_accumulation_equals_full_batch(agg):
 
 def test_policy_loss_jits_and_rejects_unknown_options():
     lp, old, ref, adv, mask, _ = random_batch(seed=5)
-    jitted = jax.jit(grpo.policy_loss, static_argnames=("kl_estimator", "loss_agg"))
+    jitted = jax.jit(grpo.policy_loss, static_argnames=("settings",))
     loss, _ = jitted(
         lp,
         old,
         ref,
         adv,
         mask,
-        beta=0.04,
-        epsilon_low=0.2,
-        kl_estimator="k2",
-        loss_agg="token_mean",
+        grpo.LossSettings(beta=0.04, epsilon_low=0.2, kl_estimator="k2", loss_agg="token_mean"),
     )
     eager, _ = grpo.policy_loss(
         lp,
@@ -280,16 +274,21 @@ def test_policy_loss_jits_and_rejects_unknown_options():
         ref,
         adv,
         mask,
-        beta=0.04,
-        epsilon_low=0.2,
-        kl_estimator="k2",
-        loss_agg="token_mean",
+        grpo.LossSettings(beta=0.04, epsilon_low=0.2, kl_estimator="k2", loss_agg="token_mean"),
     )
     np.testing.assert_allclose(loss, eager, rtol=1e-6)
     with pytest.raises(ValueError, match="loss_agg"):
-        grpo.policy_loss(lp, old, ref, adv, mask, loss_agg="sum")
+        grpo.LossSettings(loss_agg="sum")
     with pytest.raises(ValueError, match="kl_estimator"):
-        grpo.policy_loss(lp, old, ref, adv, mask, kl_estimator="k4")
+        grpo.LossSettings(kl_estimator="k4")
+    for bad in (
+        {"beta": -0.1},
+        {"epsilon_low": 1.0},
+        {"epsilon_high": -0.1},
+        {"max_tokens_norm": 0},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            grpo.LossSettings(**bad)
 
 
 @pytest.mark.parametrize("kl", KLS)

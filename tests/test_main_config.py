@@ -50,7 +50,7 @@ def run_main(workdir, *args):
         ),
         (
             ["--config=configs/smoke.py", "--config.task=segmentation"],
-            "Unknown task 'segmentation'",
+            "task='segmentation'; registered: counting",
         ),
         (["--config=configs/smoke.py", "--config.rl.loss_agg=mean"], "rl.loss_agg='mean'"),
         (["--config=configs/no_such_file.py"], "no_such_file.py"),

@@ -9,13 +9,13 @@ import pytest
 from flax import nnx
 
 from perception_rl.data import synthetic
-from perception_rl.data.tasks import get_task
 from perception_rl.models.qwen_vl import QwenVL, tiny
 from perception_rl.models.qwen_vl import layers as layers_lib
 from perception_rl.parallel import make_mesh
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl.train_step import StepConfig, TrainStep, make_optimizer
+from perception_rl.tasks import get_task
 
 PROMPTS, GROUP, LENGTH = 2, 2, 16
 

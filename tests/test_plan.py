@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from perception_rl import plan
+from perception_rl.data import sources
 from perception_rl.policy import load_policy
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import loop, runtime, trainer
@@ -105,7 +106,7 @@ def test_plan_programs_are_the_trainer_programs(monkeypatch):
     config = smoke_config(mesh_shape=(1, 4, 2))
     mesh = runtime.build_mesh(config)
     policy = load_policy(config, mesh)
-    task = runtime.get_task(config)
+    task = sources.task_from_config(config)
     step_fn = loop.make_train_step(
         config, policy, mesh, trainer.step_config(config), config.optim, config.train.num_steps
     )
@@ -159,7 +160,7 @@ def test_sampler_chunks_leave_greedy_rollouts_unchanged():
     config = smoke_config(**{"rl.temperature": 0.0})
     mesh = runtime.build_mesh(config)
     policy = load_policy(config, mesh)
-    task = runtime.get_task(config)
+    task = sources.task_from_config(config)
     formatter = batch_lib.PromptFormatter(
         task, policy.processor, policy.model_config.family, policy.model_config.vision
     )

@@ -45,7 +45,7 @@ def test_config_builds_for_each_task(arg, task):
 _PRINT_REWARD_OPTIONS = """
 from absl import app, flags
 from ml_collections import config_flags
-from perception_rl.data.tasks import get_task, reward_options
+from perception_rl.tasks import get_task, reward_options
 CONFIG = config_flags.DEFINE_config_file("config")
 app.run(lambda _: print(reward_options(get_task("counting"), "qwen2_5_vl",
                                        CONFIG.value.reward.to_dict())))

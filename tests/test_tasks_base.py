@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from perception_rl import rewards
-from perception_rl.data import synthetic
-from perception_rl.data.tasks import FAMILIES, TASKS, ImageGeometry, get_task
+from perception_rl.data import sources, synthetic
+from perception_rl.errors import ConfigError
 from perception_rl.processing import ImageProcessor
+from perception_rl.tasks import FAMILIES, TASKS, ImageGeometry, get_task
 
 # Default resize (synthetic sides are multiples of 28: unchanged), a downscale and an upscale.
 PROCESSORS = {
@@ -19,6 +20,11 @@ PROCESSORS = {
 }
 # Image sizes that are not multiples of 28, so even the native resize moves coordinates.
 ODD_SIZES = synthetic.SyntheticConfig(min_size=101, max_size=230, size_step=1)
+
+
+def synthetic_task(name):
+    """The task as training builds it for synthetic scenes (label names from the data)."""
+    return sources.task_from_config({"task": name, "data": {"source": "synthetic"}})
 
 
 def completion(task, answer: str) -> str:
@@ -46,7 +52,7 @@ def cases(name: str, n: int = 6):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_answer_earns_the_maximum_reward(name, family):
-    task = get_task(name)
+    task = synthetic_task(name)
     examples = list(cases(name))
     texts = [completion(task, task.answer(e, g, family)) for e, g in examples]
     targets = [task.target(e, g, family) for e, g in examples]
@@ -57,7 +63,7 @@ def test_answer_earns_the_maximum_reward(name, family):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", sorted(set(TASKS) - {"ocr"}))
 def test_predict_maps_the_answer_back_to_original_pixels(name, family):
-    task = get_task(name)
+    task = synthetic_task(name)
     for example, geometry in cases(name):
         prediction = task.predict(
             completion(task, task.answer(example, geometry, family)), geometry, family
@@ -73,7 +79,7 @@ def test_predict_maps_the_answer_back_to_original_pixels(name, family):
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_perfect_predictions_score_perfectly(name):
-    task = get_task(name)
+    task = synthetic_task(name)
     # Sides that are multiples of 28 are not resized, so the answer is exact in pixels.
     examples = [synthetic.generate_example(name, i, split="val") for i in range(4)]
     geometries = [
@@ -109,7 +115,7 @@ def test_perfect_predictions_score_perfectly(name):
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_predict_never_raises_and_garbage_predicts_nothing(name):
-    task = get_task(name)
+    task = synthetic_task(name)
     geometry = ImageGeometry((100, 120), (112, 112))
     garbage = [
         "",
@@ -131,7 +137,7 @@ def test_predict_never_raises_and_garbage_predicts_nothing(name):
 def test_registry():
     assert set(TASKS) == {"counting", "grounding", "detection", "ocr", "crowd"}
     for name in TASKS:
-        task = get_task(name)
+        task = synthetic_task(name)
         assert task.name == name and task.reward in rewards.REWARDS
         assert dataclasses.is_dataclass(task) and task.metric_names
     assert get_task("detection", label_names=("cat", "dog")).label_names == ("cat", "dog")
@@ -167,3 +173,14 @@ def test_geometry_conversions():
     assert ImageGeometry.for_image(200, 300, ImageProcessor()).resized_hw == (196, 308)
     with pytest.raises(ValueError, match=r"\[\.\.\., 4\]"):
         geometry.to_policy([1, 2, 3], "qwen2_vl")
+
+
+def test_label_names_come_from_the_data():
+    assert synthetic_task("detection").label_names == synthetic.LABELS
+    config = {"task": "detection", "data": {"source": "jsonl", "source_dir": "/gt"}}
+    with pytest.raises(ConfigError, match="task_options.label_names"):
+        sources.task_from_config(config)
+    config["task_options"] = {"label_names": ("cat", "dog")}
+    assert sources.task_from_config(config).label_names == ("cat", "dog")
+    with pytest.raises(ConfigError, match="registered"):
+        sources.task_from_config({"task": "segmentation"})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from perception_rl import rewards
-from perception_rl.data.tasks import ImageGeometry, get_task
+from perception_rl.tasks import ImageGeometry, get_task
 
 TASK = get_task("counting")
 GEOMETRY = ImageGeometry(original_hw=(200, 300), resized_hw=(224, 336))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from perception_rl import rewards
-from perception_rl.data.tasks import FAMILIES, ImageGeometry, get_task
 from perception_rl.rewards import parse
+from perception_rl.tasks import FAMILIES, ImageGeometry, get_task
 
 TASK = get_task("crowd")
 GEOMETRY = ImageGeometry(original_hw=(200, 200), resized_hw=(224, 224))

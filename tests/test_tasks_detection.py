@@ -5,10 +5,10 @@ import pytest
 
 from perception_rl import rewards
 from perception_rl.data import synthetic
-from perception_rl.data.tasks import ImageGeometry, get_task
 from perception_rl.rewards.detection import COCO_CLASSES
+from perception_rl.tasks import ImageGeometry, get_task
 
-TASK = get_task("detection")
+TASK = get_task("detection", label_names=synthetic.LABELS)
 GEOMETRY = ImageGeometry(original_hw=(200, 300), resized_hw=(224, 336))
 EXAMPLE = {
     "image_id": 5,
@@ -113,7 +113,7 @@ def test_detections_scored_by_likelihood_rank_before_constant_scores():
         "scores": [0.1, 0.9],
     }
     example = {**EXAMPLE, "boxes": EXAMPLE["boxes"][:1], "labels": EXAMPLE["labels"][:1]}
-    ranked = get_task("detection", score_detections="likelihood")
+    ranked = get_task("detection", label_names=synthetic.LABELS, score_detections="likelihood")
     # Ranked: hit then miss: precision 1 up to recall 1, AP 1 at every IoU threshold.
     assert ranked.metrics([prediction], [example])["AP"] == 1.0
     # Constant scores keep output order: the miss first, precision 1/2 at recall 1.

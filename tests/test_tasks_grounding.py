@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from perception_rl import rewards
-from perception_rl.data.tasks import ImageGeometry, get_task
+from perception_rl.tasks import ImageGeometry, get_task
 
 TASK = get_task("grounding")
 # 200×300 resized to 224×336: pixels scale by 1.12; the 0–1000 frame by 1000/300 and 1000/200.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from perception_rl import rewards
-from perception_rl.data.tasks import FAMILIES, ImageGeometry, get_task
+from perception_rl.tasks import FAMILIES, ImageGeometry, get_task
 
 TASK = get_task("ocr")
 GEOMETRY = ImageGeometry(original_hw=(100, 200), resized_hw=(112, 196))

@@ -6,12 +6,12 @@ import pytest
 from PIL import Image
 
 from perception_rl.data import synthetic
-from perception_rl.data.tasks import get_task
 from perception_rl.models.qwen_vl import tiny
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
 from perception_rl.rl.rollouts import Draw, RolloutCollector, RolloutConfig
+from perception_rl.tasks import get_task
 
 VISION = tiny("qwen2_5_vl", **TINY_TOKEN_IDS).vision
 

@@ -9,7 +9,6 @@ import pytest
 from flax import nnx
 
 from perception_rl.data import synthetic
-from perception_rl.data.tasks import get_task
 from perception_rl.models.qwen_vl import QwenVL, tiny
 from perception_rl.parallel import make_mesh
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
@@ -23,12 +22,13 @@ from perception_rl.rl.train_step import (
     make_optimizer,
 )
 from perception_rl.sampling import generate
+from perception_rl.tasks import get_task
 
 PROMPTS, GROUP, LENGTH, EOS = 4, 2, 16, TINY_TOKEN_IDS["eos_token_id"]
 # token_mean (DAPO): micro-batches hold different numbers of tokens, so averaging their losses
 # instead of summing terms would be visibly biased.
-LOSS = {"beta": 0.04, "epsilon_low": 0.2, "epsilon_high": 0.28, "loss_agg": "token_mean"}
-GRPO = {"group_size": GROUP, "logprob_chunk": 8, **LOSS}
+LOSS = grpo.LossSettings(beta=0.04, epsilon_low=0.2, epsilon_high=0.28, loss_agg="token_mean")
+GRPO = {"group_size": GROUP, "logprob_chunk": 8, "policy_loss": LOSS}
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_update_descends_the_grpo_loss_of_its_own_log_probs(policy, batch, refer
             c["ref_logps"],
             c["advantages"],
             c["mask"],
-            **LOSS,
+            LOSS,
         )
 
     (loss, metrics), grad = jax.value_and_grad(loss_fn, has_aux=True)(policy[1])

@@ -10,12 +10,12 @@ import torch
 from flax import nnx
 
 from perception_rl.data import synthetic
-from perception_rl.data.tasks import get_task
 from perception_rl.models import from_pretrained
 from perception_rl.parallel import make_mesh
 from perception_rl.processing import Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl.train_step import StepConfig, TrainStep
+from perception_rl.tasks import get_task
 
 GROUP, LENGTH = 2, 12
 

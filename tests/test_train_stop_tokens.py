@@ -5,10 +5,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import smoke
-from perception_rl.data.tasks import get_task
 from perception_rl.parallel import make_mesh
 from perception_rl.policy import load_policy
 from perception_rl.rl import trainer
+from perception_rl.tasks import get_task
 
 
 def test_rollouts_stop_on_im_end_and_endoftext():

@@ -149,27 +149,3 @@ def to_example(record: Mapping) -> dict:
     for key in ("boxes", "ignore_boxes", "points", "area"):
         example[key] = np.asarray(example[key], np.float32)
     return example
-
-
-def task_options(task_name: str, options: Mapping, data: Mapping | None) -> dict:
-    """`options` for the task, with `label_names` from the dataset's metadata when `data` (the
-    config's data section) reads a built real dataset, the task has label names and the
-    config does not set them: labels index the dataset's own names, never data.synthetic's."""
-    import dataclasses
-
-    from perception_rl.data.tasks import registry
-
-    options = dict(options or {})
-    data = data or {}
-    name = data.get("tfds_config")
-    task_class = registry.TASKS.get(task_name)
-    has_names = task_class is not None and "label_names" in {
-        f.name for f in dataclasses.fields(task_class)
-    }
-    if data.get("source") != "tfds" or not name or not is_dataset(name) or not has_names:
-        return options
-    if "label_names" not in options:
-        names = label_names(name, data_dir=data.get("data_dir") or "~/tensorflow_datasets")
-        if names:
-            options["label_names"] = names
-    return options

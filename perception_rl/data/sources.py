@@ -1,6 +1,7 @@
-"""Config → examples: the one factory of random-access example sources, for training, SFT and
-evaluation alike.
+"""Config → task and examples: the one factory of tasks and random-access example sources, for
+training, SFT and evaluation alike.
 
+    task = task_from_config(config)
     source = example_source(config, task, split, num_examples)
     example = source[i]     # dict: image (H, W, 3 uint8), image_id, query, text, boxes, ...
 
@@ -16,6 +17,7 @@ Only the first `num_examples` are kept when it is set (PR1 evaluates the first N
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -26,12 +28,66 @@ import numpy as np
 from PIL import Image
 
 from perception_rl.data import synthetic
-from perception_rl.data.tasks import Task
 from perception_rl.errors import ConfigError, DataError, config_value
+from perception_rl.tasks import TASKS, Task, get_task
 
 Example = dict[str, Any]
 DEFAULT_SYNTHETIC_EXAMPLES = 64
 SOURCES = ("synthetic", "tfds", "jsonl")
+
+
+def task_from_config(config) -> Task:
+    """The task `config.task` with `config.task_options` overriding its fields.
+
+    Label names come from the data when the config does not set them: the built dataset's
+    metadata for `data.source='tfds'`, `synthetic.LABELS` for synthetic scenes. A JSONL source
+    carries no names, so a task that needs them must get `task_options.label_names`.
+    """
+    name = config_value(config, "task")
+    options = dict(config_value(config, "task_options") or {})
+    if name not in TASKS:
+        raise ConfigError(f"task={name!r}; registered: {', '.join(sorted(TASKS))}.")
+    if "label_names" in {f.name for f in dataclasses.fields(TASKS[name])}:
+        if not options.setdefault("label_names", data_label_names(config, name)):
+            raise ConfigError(
+                f"task_options.label_names: task {name!r} needs the category names its labels "
+                f"index, and data.source={config_value(config, 'data.source')!r} has none; "
+                'set them (e.g. --config.task_options.label_names=\'("cat", "dog")\').'
+            )
+    try:
+        return get_task(name, **options)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"task_options: {e.args[0] if e.args else e}") from None
+
+
+def data_label_names(config, task_name: str) -> tuple[str, ...]:
+    """The names `labels` index in `config.data`'s examples (see `task_from_config`)."""
+    kind = config_value(config, "data.source") or "synthetic"
+    if kind == "tfds":
+        from perception_rl.data import datasets
+
+        dataset = config_value(config, "data.tfds_config") or task_name
+        if datasets.is_dataset(dataset):
+            data_dir = config_value(config, "data.data_dir") or "~/tensorflow_datasets"
+            return datasets.label_names(dataset, data_dir=os.path.expanduser(data_dir))
+        return synthetic.LABELS  # a built synthetic_perception config
+    if kind == "synthetic":
+        return synthetic.LABELS
+    return ()
+
+
+def check_source(source, task: Task, where: str = "data") -> None:
+    """Fails before any work when the examples belong to another task (e.g. `task=ocr` on a
+    counting dataset: training would run to the end on reward 0)."""
+    if not len(source):
+        raise DataError(f"{where}: the split has no examples.")
+    first = source[0]
+    found = first.get("task") if isinstance(first, Mapping) else None
+    if found not in (None, "", task.name):
+        raise DataError(
+            f"{where}: the split holds {found!r} examples but config.task is {task.name!r}; "
+            "point data at a matching dataset or change config.task."
+        )
 
 
 def example_source(config, task: Task, split: str, num_examples: int | None = None):

@@ -1,21 +1,3 @@
-"""Evaluation: the papers' metrics (`perception_rl.eval.metrics`), re-exported here."""
-
-from perception_rl.eval.metrics import (
-    COCO_METRIC_NAMES,
-    RecordError,
-    coco_metrics,
-    counting_metrics,
-    crowd_metrics,
-    grounding_metrics,
-    ocr_metrics,
-)
-
-__all__ = [
-    "COCO_METRIC_NAMES",
-    "RecordError",
-    "coco_metrics",
-    "counting_metrics",
-    "crowd_metrics",
-    "grounding_metrics",
-    "ocr_metrics",
-]
+"""Evaluation: decode a split with a policy, score it with the task's metrics, write the
+predictions and the report (`runner`), the papers' protocols (`protocol`), paired intervals
+(`paired`) and pass@k headroom (`headroom`). The metrics themselves are `perception_rl.metrics`."""

@@ -64,7 +64,7 @@ def detection_scores(
     completion: str, pieces: Sequence[str], logprobs: np.ndarray, vocabulary: dict[str, int]
 ) -> list[float]:
     """Scores of the boxes `DetectionTask.predict` keeps from `completion`, in its order."""
-    from perception_rl.data.tasks import formats
+    from perception_rl.tasks import formats
 
     boxes, _ = formats.read_json_boxes(completion, vocabulary)
     return box_likelihoods(completion, pieces, logprobs, boxes)

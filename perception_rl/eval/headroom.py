@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from perception_rl.data.tasks import ImageGeometry, task_from_config
+from perception_rl.data.sources import task_from_config
 from perception_rl.eval import paired, runner
+from perception_rl.tasks import ImageGeometry
 
 
 def pass_at_k(scores: np.ndarray, k: int) -> float:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from perception_rl.eval.metrics.records import RecordError
+from perception_rl.metrics.records import RecordError
 
 Record = dict[str, Any]
 _MAX_SHOWN = 200  # characters of a bad line shown in an error

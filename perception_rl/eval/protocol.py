@@ -30,8 +30,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from perception_rl.data.tasks import Task, task_from_config
+from perception_rl.data.sources import task_from_config
 from perception_rl.eval import runner
+from perception_rl.tasks import Task
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ task's metrics and writes, under `<workdir>/eval/<config.eval.name or split>/`:
                      red (DIP look boxes orange dashed), OCR text under each image.
 
 Config fields read (`ml_collections.ConfigDict` or anything with attributes; defaults in []):
-  task                  registered task name (`perception_rl.data.tasks.TASKS`).
+  task                  registered task name (`perception_rl.tasks.TASKS`).
   model                 architecture: an HF directory, or a preset name (`models.preset`).
   checkpoint            what to evaluate: an HF directory (config.json + safetensors), or an
                         orbax directory of our trainer holding `<step>/params` (the NNX
@@ -59,21 +59,15 @@ import numpy as np
 from PIL import Image
 
 from perception_rl.data import sources
-from perception_rl.data.tasks import (
-    ImageGeometry,
-    Task,
-    check_source,
-    reward_options,
-    task_from_config,
-)
 from perception_rl.errors import CheckpointError, config_value, require_at_least
-from perception_rl.eval.metrics.records import RecordError
 from perception_rl.eval.predictions import (
     PartialPredictions,
     json_safe,
     read_predictions,
     write_jsonl,
 )
+from perception_rl.metrics.records import RecordError
+from perception_rl.tasks import ImageGeometry, Task, reward_options
 
 Example = dict[str, Any]
 Record = dict[str, Any]
@@ -106,10 +100,12 @@ def evaluate(
       ConfigError / CheckpointError: an unusable config or checkpoint.
     """
     require_at_least(config, 1, "eval.batch_size", "eval.max_new_tokens", "eval.num_examples")
-    task = task_from_config(config)
+    task = sources.task_from_config(config)
     split = option(config, "eval.split", "validation")
     source = make_source(config, task, split)
-    check_source(source, task, f"eval data ({option(config, 'data.source', 'synthetic')}, {split})")
+    sources.check_source(
+        source, task, f"eval data ({option(config, 'data.source', 'synthetic')}, {split})"
+    )
     out = pathlib.Path(workdir) / "eval" / str(option(config, "eval.name") or split)
     out.mkdir(parents=True, exist_ok=True)
     records, examples, family = _predictions(config, task, source, load_policy, out)

@@ -28,9 +28,9 @@ import jax
 import numpy as np
 from PIL import Image
 
-from perception_rl.data.tasks.base import ImageGeometry
 from perception_rl.models.qwen_vl.config import VisionConfig
 from perception_rl.models.qwen_vl.vision import PAD_SEGMENT, vision_layout
+from perception_rl.tasks.base import ImageGeometry
 
 Record = dict[str, Any]
 LAYOUT_KEYS = ("patch_rows", "patch_cols", "frame_segments", "window_segments")
@@ -45,7 +45,7 @@ class PromptFormatter:
     """grain transform: example → prompt record (deterministic, so restores recompute it).
 
     Attributes:
-        task: a `perception_rl.data.tasks` task (conversation, target, answer).
+        task: a `perception_rl.tasks` task (conversation, target, answer).
         processor: the policy's `perception_rl.processing.Processor`.
         family: "qwen2_vl" or "qwen2_5_vl"; decides the target coordinates.
         vision: the policy's vision config, for the per-prompt vision layout.

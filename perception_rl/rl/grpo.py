@@ -189,25 +189,58 @@ def _token_weights(mask: jax.Array, loss_agg: str, max_tokens_norm: float | None
     return mask / norm, num_sequences
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """The GRPO objective's settings, validated once (a frozen, hashable jit static).
+
+    Attributes:
+      beta: KL coefficient; 0 drops the reference term.
+      epsilon_low: lower clip range, r >= 1 - epsilon_low.
+      epsilon_high: upper clip range (DAPO's clip-higher); None means epsilon_low.
+      kl_estimator: "k1", "k2" or "k3" (see `kl_penalty`).
+      loss_agg: one of LOSS_AGGS.
+      max_tokens_norm: Dr. GRPO's constant divisor, normally the maximum completion length;
+        None means T. Set it when micro-batches are padded to different lengths.
+    """
+
+    beta: float = 0.04
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None
+    kl_estimator: str = "k3"
+    loss_agg: str = "seq_mean_token_mean"
+    max_tokens_norm: float | None = None
+
+    def __post_init__(self):
+        _check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _check_choice("loss_agg", self.loss_agg, LOSS_AGGS)
+        if not self.beta >= 0:
+            raise ValueError(f"beta={self.beta} must be >= 0.")
+        if not 0 <= self.epsilon_low < 1:
+            raise ValueError(f"epsilon_low={self.epsilon_low} must be in [0, 1).")
+        if self.epsilon_high is not None and not self.epsilon_high >= 0:
+            raise ValueError(f"epsilon_high={self.epsilon_high} must be >= 0.")
+        if self.max_tokens_norm is not None and not self.max_tokens_norm > 0:
+            raise ValueError(f"max_tokens_norm={self.max_tokens_norm} must be > 0.")
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """(low, high): the ratio is clipped to [1 - low, 1 + high]."""
+        high = self.epsilon_low if self.epsilon_high is None else self.epsilon_high
+        return self.epsilon_low, high
+
+
 def policy_loss_terms(
     logps: jax.Array,
     old_logps: jax.Array | None,
     ref_logps: jax.Array | None,
     advantages: jax.Array,
     mask: jax.Array,
+    settings: LossSettings = LossSettings(),
     *,
-    beta: float = 0.04,
-    epsilon_low: float = 0.2,
-    epsilon_high: float | None = None,
-    kl_estimator: str = "k3",
-    loss_agg: str = "seq_mean_token_mean",
     entropy: jax.Array | None = None,
-    max_tokens_norm: float | None = None,
 ) -> LossTerms:
     """The summable form of `policy_loss`; see there for the arguments and `LossTerms` for use."""
-    _check_choice("loss_agg", loss_agg, LOSS_AGGS)
-    if epsilon_high is None:
-        epsilon_high = epsilon_low
+    epsilon_low, epsilon_high = settings.clip_range
     if old_logps is None:
         old_logps = jax.lax.stop_gradient(logps)
     dtype = jnp.promote_types(logps.dtype, jnp.float32)
@@ -225,13 +258,13 @@ def policy_loss_terms(
     }
     metric_values["clip_frac"] = metric_values["clip_frac_low"] + metric_values["clip_frac_high"]
     if ref_logps is not None:
-        kl = kl_penalty(logps, ref_logps, kl_estimator)
-        per_token = per_token + beta * kl
+        kl = kl_penalty(logps, ref_logps, settings.kl_estimator)
+        per_token = per_token + settings.beta * kl
         metric_values["kl"] = kl
     if entropy is not None:
         metric_values["entropy"] = entropy
 
-    weights, weight = _token_weights(mask, loss_agg, max_tokens_norm)
+    weights, weight = _token_weights(mask, settings.loss_agg, settings.max_tokens_norm)
     metric_sums = {
         name: jnp.sum(jax.lax.stop_gradient(value) * mask) for name, value in metric_values.items()
     }
@@ -244,14 +277,9 @@ def policy_loss(
     ref_logps: jax.Array | None,
     advantages: jax.Array,
     mask: jax.Array,
+    settings: LossSettings = LossSettings(),
     *,
-    beta: float = 0.04,
-    epsilon_low: float = 0.2,
-    epsilon_high: float | None = None,
-    kl_estimator: str = "k3",
-    loss_agg: str = "seq_mean_token_mean",
     entropy: jax.Array | None = None,
-    max_tokens_norm: float | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Clipped GRPO surrogate with a KL penalty, aggregated over completion tokens.
 
@@ -273,32 +301,15 @@ def policy_loss(
       ref_logps: [B, T] log-probs under the frozen reference policy, or None for no KL term.
       advantages: [B] per-completion advantages.
       mask: [B, T] completion mask (see `completion_mask`).
-      beta: KL coefficient.
-      epsilon_low: lower clip range, r >= 1 - epsilon_low.
-      epsilon_high: upper clip range (DAPO's clip-higher); None means epsilon_low.
-      kl_estimator: "k1", "k2" or "k3" (see `kl_penalty`).
-      loss_agg: one of LOSS_AGGS.
+      settings: beta, clip ranges, KL estimator, aggregation (`LossSettings`).
       entropy: optional [B, T] per-token policy entropy, reported as a metric only.
-      max_tokens_norm: Dr. GRPO's constant divisor, normally the maximum completion length;
-        None means T. Pass it explicitly when micro-batches are padded to different lengths.
 
     Returns:
       The scalar loss and token-mean metrics: kl (when ref_logps is given), ratio, clip_frac_low,
       clip_frac_high, clip_frac and entropy (when given).
     """
     terms = policy_loss_terms(
-        logps,
-        old_logps,
-        ref_logps,
-        advantages,
-        mask,
-        beta=beta,
-        epsilon_low=epsilon_low,
-        epsilon_high=epsilon_high,
-        kl_estimator=kl_estimator,
-        loss_agg=loss_agg,
-        entropy=entropy,
-        max_tokens_norm=max_tokens_norm,
+        logps, old_logps, ref_logps, advantages, mask, settings, entropy=entropy
     )
     return terms.loss, terms.metrics()
 

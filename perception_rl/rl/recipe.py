@@ -170,7 +170,7 @@ def headroom_phase(config, workdir: str, phase: str) -> dict | None:
 
 def _eval_scores(config, workdir: str, phase: str) -> tuple[list[int], dict | None]:
     """(image ids in split order, {image_id: headline score}) of a phase's greedy eval."""
-    from perception_rl.data.tasks import task_from_config
+    from perception_rl.data.sources import task_from_config
     from perception_rl.eval import paired
     from perception_rl.eval.predictions import read_predictions
 

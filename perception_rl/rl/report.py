@@ -22,9 +22,9 @@ import shutil
 
 import numpy as np
 
-from perception_rl.data.tasks import get_task
 from perception_rl.eval import runner
 from perception_rl.rl.metric_writer import read_metrics
+from perception_rl.tasks import get_task
 
 _SMOOTH = 5  # steps in the moving average drawn over the noisy per-step reward
 

@@ -51,10 +51,24 @@ def check_batch(name: str, prompts: int, group_size: int, micro_batches: int, me
         )
 
 
+def loss_settings(rl) -> grpo.LossSettings:
+    """The GRPO objective's settings of the config's `rl` section, checked."""
+    try:
+        return grpo.LossSettings(
+            beta=rl.beta,
+            epsilon_low=rl.epsilon_low,
+            epsilon_high=rl.epsilon_high,
+            kl_estimator=rl.kl_estimator,
+            loss_agg=rl.loss_agg,
+            max_tokens_norm=rl.max_tokens_norm,
+        )
+    except ValueError as e:
+        raise ConfigError(f"rl.{e}") from None
+
+
 def check_rl(rl) -> None:
     """Choices and ranges of the GRPO section."""
-    _choice("rl.kl_estimator", rl.kl_estimator, grpo.KL_ESTIMATORS)
-    _choice("rl.loss_agg", rl.loss_agg, grpo.LOSS_AGGS)
+    loss_settings(rl)
     _choice("rl.advantage_estimator", rl.advantage_estimator, grpo.ADVANTAGE_ESTIMATORS)
     if rl.num_generations < 2 and rl.advantage_estimator == "grpo":
         raise ConfigError("rl.num_generations must be >= 2 for grpo advantages.")
@@ -77,17 +91,10 @@ def build_mesh(config) -> Mesh:
 
 
 # ------------------------------------------------------------------------------------ data
-def get_task(config):
-    """The task `config.task`, with `config.task_options` overriding its fields."""
-    from perception_rl.data import tasks
-
-    return tasks.task_from_config(config)
-
-
 def training_source(config, task: Any, source: Any = None) -> Any:
     """The training examples (`source`, else `data.sources.example_source` of `config.data`),
     checked against the task before anything is loaded or compiled."""
-    from perception_rl.data import sources, tasks
+    from perception_rl.data import sources
 
     if source is None:
         # data.num_examples sizes the generated set; of a built dataset the first
@@ -95,7 +102,7 @@ def training_source(config, task: Any, source: Any = None) -> Any:
         synthetic = config.data.source == "synthetic"
         limit = config.data.num_examples if synthetic else config.data.get("first_examples")
         source = sources.example_source(config, task, config.data.split, limit)
-    tasks.check_source(source, task, f"data ({config.data.source}, {config.data.split})")
+    sources.check_source(source, task, f"data ({config.data.source}, {config.data.split})")
     return source
 
 

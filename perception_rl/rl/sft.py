@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from perception_rl.data import sources
 from perception_rl.errors import require_at_least
 from perception_rl.policy import load_policy
 from perception_rl.rl import batch as batch_lib
@@ -62,7 +63,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     Args:
         config: the ml_collections config (see configs/common.py; `sft` section).
         workdir: run directory: checkpoints/, metrics.jsonl, tensorboard/, policy/.
-        task: the task object; default `perception_rl.data.tasks.get_task(config.task)`.
+        task: the task object; default `perception_rl.tasks.get_task(config.task)`.
         source: random-access examples; default from `config.data`.
 
     Returns:
@@ -81,7 +82,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     )
     require_at_least(config, 0, "sft.checkpoint_every", "train.stop_grace_s")
     runtime.check_batch("sft.batch_size", cfg.batch_size, 1, cfg.num_micro_batches, mesh)
-    task = runtime.get_task(config) if task is None else task
+    task = sources.task_from_config(config) if task is None else task
     source = runtime.training_source(config, task, source)  # checked before any compile
     policy = load_policy(config, mesh)
     settings = step_config(config)

@@ -56,12 +56,7 @@ class StepConfig:
     Attributes:
         loss: "grpo" (clipped surrogate + KL) or "sft" (token-mean cross-entropy).
         group_size: G, completions per prompt (1 for SFT).
-        beta: KL coefficient; 0 drops the reference term.
-        epsilon_low: lower clip range of the ratio.
-        epsilon_high: upper clip range; None means epsilon_low.
-        kl_estimator: "k1", "k2" or "k3".
-        loss_agg: one of `grpo.LOSS_AGGS`.
-        max_tokens_norm: Dr. GRPO's constant divisor; None means the completion length T.
+        policy_loss: the GRPO objective's settings (`grpo.LossSettings`; unused by SFT).
         num_micro_batches: M; the B*G rows are accumulated in M pieces.
         logprob_chunk: sequence positions per chunk of the LM head.
         temperature: divides the logits before the log-softmax.
@@ -73,12 +68,7 @@ class StepConfig:
 
     loss: str = "grpo"
     group_size: int = 8
-    beta: float = 0.04
-    epsilon_low: float = 0.2
-    epsilon_high: float | None = None
-    kl_estimator: str = "k3"
-    loss_agg: str = "seq_mean_token_mean"
-    max_tokens_norm: float | None = None
+    policy_loss: grpo.LossSettings = dataclasses.field(default_factory=grpo.LossSettings)
     num_micro_batches: int = 1
     logprob_chunk: int = 128
     temperature: float = 1.0
@@ -300,16 +290,11 @@ def loss_terms(
     return grpo.policy_loss_terms(
         logps,
         rows.get("old_logps"),
-        rows.get("ref_logps") if config.beta else None,
+        rows.get("ref_logps") if config.policy_loss.beta else None,
         rows["advantages"],
         mask,
-        beta=config.beta,
-        epsilon_low=config.epsilon_low,
-        epsilon_high=config.epsilon_high,
-        kl_estimator=config.kl_estimator,
-        loss_agg=config.loss_agg,
+        config.policy_loss,
         entropy=entropy,
-        max_tokens_norm=config.max_tokens_norm,
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from perception_rl.data.tasks import reward_options
+from perception_rl.data import sources
 from perception_rl.errors import require_at_least
 from perception_rl.policy import Policy, load_policy
 from perception_rl.rl import batch as batch_lib
@@ -36,6 +36,7 @@ from perception_rl.rl.train_step import (
     StepConfig,
     TrainStep,
 )
+from perception_rl.tasks import reward_options
 
 # Shown on the progress bar.
 _POSTFIX = ("reward/total/mean", "kl", "loss")
@@ -47,12 +48,7 @@ def step_config(config) -> StepConfig:
     return StepConfig(
         loss="grpo",
         group_size=rl.num_generations,
-        beta=rl.beta,
-        epsilon_low=rl.epsilon_low,
-        epsilon_high=rl.epsilon_high,
-        kl_estimator=rl.kl_estimator,
-        loss_agg=rl.loss_agg,
-        max_tokens_norm=rl.max_tokens_norm,
+        policy_loss=runtime.loss_settings(rl),
         num_micro_batches=train.num_micro_batches,
         logprob_chunk=train.logprob_chunk,
         temperature=rl.logprob_temperature,
@@ -91,7 +87,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     Args:
         config: the ml_collections config (see configs/common.py).
         workdir: run directory: checkpoints/, metrics.jsonl, tensorboard/, policy/.
-        task: the task object; default `perception_rl.data.tasks.get_task(config.task)`.
+        task: the task object; default `perception_rl.tasks.get_task(config.task)`.
         source: random-access examples; default from `config.data`.
 
     Returns:
@@ -119,7 +115,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         train_cfg.num_micro_batches,
         mesh,
     )
-    task = runtime.get_task(config) if task is None else task
+    task = sources.task_from_config(config) if task is None else task
     source = runtime.training_source(config, task, source)  # checked before any compile
     policy = load_policy(config, mesh)
     settings = step_config(config)

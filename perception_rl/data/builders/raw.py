@@ -4,7 +4,7 @@ Each builder reads the files a user downloaded from `manual_dir` and writes arra
 no TensorFlow installed (data_eval.md §3.3–3.4): images are handed to TFDS as encoded bytes,
 re-encoded as PNG only when they are not RGB already (TFDS' PIL decoder does not convert).
 
-The schema is the one the tasks read (`perception_rl.data.tasks`), plus the image size:
+The schema is the one the tasks read (`perception_rl.tasks`), plus the image size:
 
   image         uint8 [H, W, 3]
   image_id      int64, unique within a split (the example's id: a sentence id for RefCOCO)

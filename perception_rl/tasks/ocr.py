@@ -14,7 +14,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from perception_rl.data.tasks.base import (
+from perception_rl import metrics as eval_metrics
+from perception_rl.rewards import parse
+from perception_rl.tasks.base import (
     SYSTEM_PROMPT,
     Example,
     ImageGeometry,
@@ -22,8 +24,6 @@ from perception_rl.data.tasks.base import (
     check_family,
     image_chat,
 )
-from perception_rl.eval import metrics as eval_metrics
-from perception_rl.rewards import parse
 
 PROMPT = "OCR this image."
 

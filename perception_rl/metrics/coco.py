@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from perception_rl.eval.metrics import records
+from perception_rl.metrics import records
 
 # Order and names of the first nine entries of COCOeval.stats.
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")

@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from perception_rl.data import synthetic
-from perception_rl.data.tasks import formats
-from perception_rl.data.tasks.base import (
+from perception_rl import metrics as eval_metrics
+from perception_rl.tasks import formats
+from perception_rl.tasks.base import (
     SYSTEM_PROMPT,
     Example,
     ImageGeometry,
@@ -27,7 +27,6 @@ from perception_rl.data.tasks.base import (
     check_family,
     image_chat,
 )
-from perception_rl.eval import metrics as eval_metrics
 
 PROMPT = "Please output bbox coordinates and names of {labels}."
 # Boxes of category k are moved by k·_CATEGORY_SHIFT px so that the class-agnostic crowd
@@ -51,7 +50,9 @@ class DetectionTask:
         ("F1", "F1@0.5"),
     )
     skip_special_tokens: bool = True
-    label_names: tuple[str, ...] = synthetic.LABELS
+    # The category names `example["labels"]` index; the data source supplies them
+    # (data.sources.task_from_config).
+    label_names: tuple[str, ...] = ()
     prompt: str = PROMPT
     system_prompt: str = SYSTEM_PROMPT
     score_detections: str = "constant"  # PR1: every box 1.0; or "likelihood" (its `scores`)

@@ -1,7 +1,7 @@
 """What a perception task is: prompt, target, SFT answer, prediction parser, metrics.
 
 The trainer and the eval runner only talk to this interface, so adding a task is one module in
-`perception_rl/data/tasks/` plus one line in `registry.py`; nothing in `rl/` changes.
+`perception_rl/tasks/` plus one line in `registry.py`; nothing in `rl/` changes.
 
 Coordinates: examples carry annotations in ORIGINAL image pixels (x2 / y2 exclusive edges). The
 policy family decides what the model reads and writes (DESIGN.md §3): "qwen2_vl" writes
@@ -124,4 +124,4 @@ class Task(Protocol):
     def metrics(
         self, predictions: Sequence[dict[str, Any]], examples: Sequence[Example]
     ) -> dict[str, float]:
-        """Eval metrics over a split (via perception_rl.eval.metrics), keyed by metric_names."""
+        """Eval metrics over a split (via perception_rl.metrics), keyed by metric_names."""

@@ -1,6 +1,6 @@
 """Perception tasks: prompt, reward target, SFT answer, prediction parser and metrics per task.
 
-from perception_rl.data.tasks import ImageGeometry, get_task
+from perception_rl.tasks import ImageGeometry, get_task
 task = get_task("counting")
 geometry = ImageGeometry.for_image(height, width, processor.image_processor)
 messages = task.conversation(example, "qwen2_5_vl")
@@ -9,14 +9,8 @@ r = rewards.score(task.reward, completions, [target], group_size=G,
                   **task.reward_options("qwen2_5_vl"))
 """
 
-from perception_rl.data.tasks.base import FAMILIES, SYSTEM_PROMPT, Example, ImageGeometry, Task
-from perception_rl.data.tasks.registry import (
-    TASKS,
-    check_source,
-    get_task,
-    reward_options,
-    task_from_config,
-)
+from perception_rl.tasks.base import FAMILIES, SYSTEM_PROMPT, Example, ImageGeometry, Task
+from perception_rl.tasks.registry import TASKS, get_task, reward_options
 
 __all__ = [
     "FAMILIES",
@@ -25,8 +19,6 @@ __all__ = [
     "Example",
     "ImageGeometry",
     "Task",
-    "check_source",
     "get_task",
     "reward_options",
-    "task_from_config",
 ]

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from perception_rl.data.tasks.base import ImageGeometry
 from perception_rl.rewards import parse
+from perception_rl.tasks.base import ImageGeometry
 
 OBJECT_REF = "<|object_ref_start|>{}<|object_ref_end|>"
 BOX_SPAN = "<|box_start|>({},{}),({},{})<|box_end|>"

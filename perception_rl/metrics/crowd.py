@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from perception_rl.eval.metrics import records
+from perception_rl.metrics import records
 
 FPPI_POINTS = np.array([0.0100, 0.0178, 0.0316, 0.0562, 0.1000, 0.1778, 0.3162, 0.5623, 1.000])
 JI_SCORE_THRESHOLDS = np.arange(10) * 0.1  # CrowdDet's `1e-1 * i`, bit for bit.

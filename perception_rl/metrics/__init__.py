@@ -3,11 +3,11 @@
 Importing this package is cheap: faster-coco-eval, scipy and nltk load on first use.
 """
 
-from perception_rl.eval.metrics.coco import COCO_METRIC_NAMES, coco_metrics
-from perception_rl.eval.metrics.counting import count_correct, counting_metrics
-from perception_rl.eval.metrics.crowd import crowd_metrics
-from perception_rl.eval.metrics.grounding import box_iou, centre_inside, grounding_metrics
-from perception_rl.eval.metrics.ocr import (
+from perception_rl.metrics.coco import COCO_METRIC_NAMES, coco_metrics
+from perception_rl.metrics.counting import count_correct, counting_metrics
+from perception_rl.metrics.crowd import crowd_metrics
+from perception_rl.metrics.grounding import box_iou, centre_inside, grounding_metrics
+from perception_rl.metrics.ocr import (
     meteor,
     meteor_unavailable_reason,
     normalized_edit_distance,
@@ -17,7 +17,7 @@ from perception_rl.eval.metrics.ocr import (
     token_set_scores,
     tokenize,
 )
-from perception_rl.eval.metrics.records import RecordError
+from perception_rl.metrics.records import RecordError
 
 __all__ = [
     "COCO_METRIC_NAMES",

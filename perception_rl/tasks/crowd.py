@@ -16,7 +16,7 @@ overlap first): occlusion is what makes a crowd ambiguous. Target
 JI, recall, precision and F1 at IoU 0.5 with ignore regions, under `metric_protocol`:
 "crowdhuman" (the official CrowdHuman conventions: boxes clipped to the image) by default,
 "citypersons" for CityPersons' Reasonable setup (an optional per-box `example["visibility"]`
-feeds its visibility rule); see `perception_rl.eval.metrics.crowd`.
+feeds its visibility rule); see `perception_rl.metrics.crowd`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from perception_rl.data.tasks import formats
-from perception_rl.data.tasks.base import (
+from perception_rl import metrics as eval_metrics
+from perception_rl.metrics import box_iou
+from perception_rl.rewards import parse
+from perception_rl.tasks import formats
+from perception_rl.tasks.base import (
     SYSTEM_PROMPT,
     Example,
     ImageGeometry,
@@ -36,9 +39,6 @@ from perception_rl.data.tasks.base import (
     check_family,
     image_chat,
 )
-from perception_rl.eval import metrics as eval_metrics
-from perception_rl.eval.metrics import box_iou
-from perception_rl.rewards import parse
 
 PROMPT = (
     "Detect every {label} in the image. Think about the whole scene in <think> </think>, "

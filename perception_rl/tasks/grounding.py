@@ -22,8 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from perception_rl.data.tasks import formats
-from perception_rl.data.tasks.base import (
+from perception_rl import metrics as eval_metrics
+from perception_rl.tasks import formats
+from perception_rl.tasks.base import (
     SYSTEM_PROMPT,
     Example,
     ImageGeometry,
@@ -31,7 +32,6 @@ from perception_rl.data.tasks.base import (
     check_family,
     image_chat,
 )
-from perception_rl.eval import metrics as eval_metrics
 
 PROMPT = "Output the bounding box of the {expression} in the image."
 
