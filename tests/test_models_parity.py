@@ -3,7 +3,6 @@
 import json
 import os
 
-import hf_models
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +12,7 @@ from perception_rl.models import CheckpointError, from_pretrained, save_pretrain
 from perception_rl.models.qwen_vl import ConfigError
 from perception_rl.models.qwen_vl.model import vision_layout_dict
 from perception_rl.parallel import make_mesh
+from perception_rl.testing import hf_models
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
 

@@ -1,98 +1,13 @@
 """Detection reward vs an independent per-sample implementation of seed_spec A7 / DESIGN §3."""
 
 import json
-import math
 
 import numpy as np
 import pytest
-from scipy.optimize import linear_sum_assignment
 
 from perception_rl import rewards
 from perception_rl.rewards.detection import COCO_CLASSES
-
-
-def iou(a, b, eps=1e-8):
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    inter = w * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / (union + eps) if union + eps > 0 else 0.0, union
-
-
-def giou(a, b, eps=1e-8):
-    value, union = iou(a, b, eps)
-    hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1])) + eps
-    return value - (hull - union) / hull
-
-
-def cxcywh(b):
-    return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1])
-
-
-def f32(boxes):
-    """Coordinates as the library stores them (float32); the arithmetic stays float64."""
-    return [[float(np.float32(v)) for v in box] for box in boxes]
-
-
-def valid_element(item, vocabulary):
-    if not isinstance(item, dict) or item.get("label") not in vocabulary:
-        return False
-    box = item.get("bbox_2d")
-    return (
-        isinstance(box, list)
-        and len(box) == 4
-        and all(type(v) in (int, float) for v in box)
-        and all(abs(v) <= 1e6 for v in box)  # False for nan; huge ints too
-        and box[2] >= box[0]
-        and box[3] >= box[1]
-    )
-
-
-def reference(text, target, *, penalty=True, vocabulary=COCO_CLASSES):
-    """Per-sample detection reward (PR1's, with the DESIGN §3 fixes), float64."""
-    body = text.replace("```json", "").replace("```", "").strip()
-    while body.endswith(("<|im_end|>", "<|endoftext|>")):
-        body = body.rsplit("<|", 1)[0].strip()
-    try:
-        items = json.loads(body)
-    except (ValueError, RecursionError):
-        return 0.0
-    if not isinstance(items, list):
-        return 0.0
-    good = [x for x in items if valid_element(x, vocabulary)]
-    if not good:
-        return 0.0
-    reward = 0.25 * len(good) / len(items)
-    gt, gt_cls = f32(target["boxes"]), [vocabulary.index(s) for s in target["labels"]]
-    if not gt:
-        return reward
-    pred = f32([x["bbox_2d"] for x in good])
-    pred_cls = [vocabulary.index(x["label"]) for x in good]
-    hot, cold = (v / (math.e + len(vocabulary) - 1) for v in (math.e, 1.0))  # softmax(one-hot)
-    cost = np.array(
-        [
-            [
-                5 * sum(abs(u - v) for u, v in zip(cxcywh(p), cxcywh(g)))
-                - (hot if pc == gc else cold)
-                - 2 * giou(p, g)
-                for g, gc in zip(gt, gt_cls)
-            ]
-            for p, pc in zip(pred, pred_cls)
-        ]
-    )
-    rows, cols = linear_sum_assignment(cost)
-    kept = [(i, j, iou(pred[i], gt[j])[0]) for i, j in zip(rows, cols)]
-    kept = [(i, j, v) for i, j, v in kept if v > 0.5]
-    m = len(kept)
-    if m == 0:
-        return reward
-    p, r = m / len(pred), m / len(gt)
-    reward += 0.75 * 2 * p * r / (p + r + 1e-8)
-    reward += sum(pred_cls[i] == gt_cls[j] for i, j, _ in kept) / m
-    reward += sum(v for _, _, v in kept) / m
-    if penalty:
-        reward -= 0.5 * ((len(pred) - m) / len(pred) + (len(gt) - m) / len(gt))
-    return min(max(reward, 0.0), 3.0)
-
+from perception_rl.testing import reference_rewards
 
 BAD_ELEMENTS = [
     {"bbox_2d": [1, 2, 3], "label": "dog"},
@@ -174,7 +89,10 @@ def test_matches_reference_on_generated_completions(penalty):
         "detection", completions, targets, group_size=group, missing_penalty=penalty
     )
     want = np.array(
-        [reference(c, targets[i // group], penalty=penalty) for i, c in enumerate(completions)]
+        [
+            reference_rewards.detection_reward(c, targets[i // group], penalty=penalty)
+            for i, c in enumerate(completions)
+        ]
     )
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
     assert (want == 0).mean() > 0.05 and (want > 2).mean() > 0.2
@@ -204,7 +122,7 @@ def test_custom_vocabulary_and_unknown_target_label():
         [{"bbox_2d": [0, 0, 10, 10], "label": "car"}, {"bbox_2d": [0, 0, 1, 1], "label": "dog"}]
     )
     assert rewards.score("detection", [c], t, group_size=1, vocabulary=vocab)[0] == pytest.approx(
-        reference(c, t[0], vocabulary=vocab), abs=1e-6
+        reference_rewards.detection_reward(c, t[0], vocabulary=vocab), abs=1e-6
     )
     with pytest.raises(ValueError, match="vocabulary"):
         rewards.score(

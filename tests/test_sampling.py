@@ -1,6 +1,5 @@
 """The rollout engine against HF `generate` and against the sampling distribution itself."""
 
-import hf_models
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +10,7 @@ from perception_rl.models.qwen_vl.model import default_position_ids
 from perception_rl.parallel import make_mesh
 from perception_rl.sampling import generate
 from perception_rl.sampling.filters import nucleus_mask
+from perception_rl.testing import hf_models
 
 EOS = 1
 

@@ -1,7 +1,6 @@
 """The train step's completion log-probs (each prompt run once, its G completions decoded
 against the prompt's cached keys/values) equal log-softmax of a full-sequence HF forward."""
 
-import hf_models
 import jax
 import numpy as np
 import optax
@@ -16,6 +15,7 @@ from perception_rl.processing import Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl.train_step import StepConfig, TrainStep
 from perception_rl.tasks import get_task
+from perception_rl.testing import hf_models
 
 GROUP, LENGTH = 2, 12
 

@@ -9,20 +9,20 @@ MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6}
 
 
 def text_config(**overrides):
-    cfg = dict(
-        vocab_size=1000,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=512,
-        rope_parameters=MROPE,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
+    cfg = {
+        "vocab_size": 1000,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 512,
+        "rope_parameters": MROPE,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 2,
+    }
     cfg.update(overrides)
     return cfg
 
@@ -37,27 +37,27 @@ def build_hf_model(family: str, seed: int = 0, tie: bool | None = None, **text_o
         Qwen2VLForConditionalGeneration,
     )
 
-    ids = dict(
-        image_token_id=IMAGE,
-        video_token_id=VIDEO,
-        vision_start_token_id=VSTART,
-        vision_end_token_id=VEND,
-    )
+    ids = {
+        "image_token_id": IMAGE,
+        "video_token_id": VIDEO,
+        "vision_start_token_id": VSTART,
+        "vision_end_token_id": VEND,
+    }
     if family == "qwen2_vl":
         config = Qwen2VLConfig(
             text_config=text_config(**text_overrides),
-            vision_config=dict(
-                depth=2,
-                embed_dim=32,
-                hidden_size=64,
-                num_heads=4,
-                mlp_ratio=4,
-                hidden_act="quick_gelu",
-                patch_size=14,
-                temporal_patch_size=2,
-                spatial_merge_size=2,
-                in_channels=3,
-            ),
+            vision_config={
+                "depth": 2,
+                "embed_dim": 32,
+                "hidden_size": 64,
+                "num_heads": 4,
+                "mlp_ratio": 4,
+                "hidden_act": "quick_gelu",
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "spatial_merge_size": 2,
+                "in_channels": 3,
+            },
             tie_word_embeddings=False if tie is None else tie,
             **ids,
         )
@@ -65,21 +65,21 @@ def build_hf_model(family: str, seed: int = 0, tie: bool | None = None, **text_o
     else:
         config = Qwen2_5_VLConfig(
             text_config=text_config(**text_overrides),
-            vision_config=dict(
-                depth=2,
-                hidden_size=32,
-                intermediate_size=48,
-                out_hidden_size=64,
-                num_heads=4,
-                hidden_act="silu",
-                patch_size=14,
-                temporal_patch_size=2,
-                spatial_merge_size=2,
-                in_channels=3,
-                window_size=56,
-                fullatt_block_indexes=[1],
-                tokens_per_second=2,
-            ),
+            vision_config={
+                "depth": 2,
+                "hidden_size": 32,
+                "intermediate_size": 48,
+                "out_hidden_size": 64,
+                "num_heads": 4,
+                "hidden_act": "silu",
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "spatial_merge_size": 2,
+                "in_channels": 3,
+                "window_size": 56,
+                "fullatt_block_indexes": [1],
+                "tokens_per_second": 2,
+            },
             tie_word_embeddings=True if tie is None else tie,
             **ids,
         )
@@ -118,7 +118,12 @@ def multimodal_batch(
         mask[i, length - len(row) :] = 1
     grid = np.asarray(used, np.int64).reshape(-1, 3)
     pixels = rng.standard_normal((int(np.prod(grid, axis=1).sum()), 1176)).astype(np.float32)
-    return dict(input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": pixels,
+        "image_grid_thw": grid,
+    }
 
 
 def hf_forward(model, batch):
