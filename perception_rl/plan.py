@@ -17,6 +17,9 @@ what stays resident while a program runs (the optimiser state during sampling, t
 reference during the update). It exits with status 1 and one line naming the program, the
 bytes needed and the bytes available when something does not fit. `--topology=gpu:8` (or
 h100:8, a100:8) plans on 8 virtual CPU devices: XLA's CPU memory analysis, an estimate.
+
+Longer than ~400 lines on purpose: topology table, abstract inputs, lowering of each program
+and the report are one pipeline used only by this command.
 """
 
 from __future__ import annotations

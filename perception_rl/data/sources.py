@@ -47,13 +47,13 @@ def task_from_config(config) -> Task:
     options = dict(config_value(config, "task_options") or {})
     if name not in TASKS:
         raise ConfigError(f"task={name!r}; registered: {', '.join(sorted(TASKS))}.")
-    if "label_names" in {f.name for f in dataclasses.fields(TASKS[name])}:
-        if not options.setdefault("label_names", data_label_names(config, name)):
-            raise ConfigError(
-                f"task_options.label_names: task {name!r} needs the category names its labels "
-                f"index, and data.source={config_value(config, 'data.source')!r} has none; "
-                'set them (e.g. --config.task_options.label_names=\'("cat", "dog")\').'
-            )
+    has_labels = "label_names" in {f.name for f in dataclasses.fields(TASKS[name])}
+    if has_labels and not options.setdefault("label_names", data_label_names(config, name)):
+        raise ConfigError(
+            f"task_options.label_names: task {name!r} needs the category names its labels "
+            f"index, and data.source={config_value(config, 'data.source')!r} has none; "
+            'set them (e.g. --config.task_options.label_names=\'("cat", "dog")\').'
+        )
     try:
         return get_task(name, **options)
     except (KeyError, ValueError) as e:

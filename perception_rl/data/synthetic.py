@@ -22,6 +22,9 @@ Tasks (the `task` field; see seed_spec.md A4–A7, B3):
   crowd:      many small overlapping instances of one label (the DIP-R1 recipe), plus clusters
               of tiny instances annotated only as `ignore_boxes` (CityPersons-style ignore
               regions; annotated boxes never intersect them).
+
+Longer than ~400 lines on purpose: the five tasks' generators share the canvas, placement and
+occlusion code, and one file keeps every example a visible pure function of its seed.
 """
 
 from __future__ import annotations

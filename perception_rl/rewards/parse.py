@@ -7,6 +7,9 @@ nested unbounded repeats), and no model output is ever evaluated.
 
 Padded sizes are bucketed to powers of two (`bucket`) so the jitted reward code compiles once per
 bucket instead of once per batch. Packed sets keep their valid elements first.
+
+Longer than ~400 lines on purpose: every answer syntax's parser (Qwen2-VL spans, Qwen2.5-VL
+JSON, counts, DIP tags) shares the bounded regexes and the padding rules above.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ Inside the update:
     completions and pulled back through it at the end.
   * A non-finite loss or gradient norm skips the update: parameters and optimiser state stay
     untouched and `skipped` counts it.
+
+Longer than ~400 lines on purpose: the update, its micro-batch scan and the prompt-pass
+pullback are one jitted program sharing the same shardings and remat settings; split, a reader
+would follow one step across files.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 One config type describes both families; `family` selects the vision block flavour
 ("qwen2_vl": LayerNorm + QuickGELU MLP, full attention everywhere; "qwen2_5_vl": RMSNorm +
 SwiGLU MLP with window attention except in `fullatt_block_indexes`).
+
+Longer than ~400 lines on purpose: both families' dataclasses, HF `config.json` parsing with
+its checks, and the presets must agree field by field, so they sit together.
 """
 
 from __future__ import annotations
