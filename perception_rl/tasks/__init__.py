@@ -9,7 +9,14 @@ r = rewards.score(task.reward, completions, [target], group_size=G,
                   **task.reward_options("qwen2_5_vl"))
 """
 
-from perception_rl.tasks.base import FAMILIES, SYSTEM_PROMPT, Example, ImageGeometry, Task
+from perception_rl.tasks.base import (
+    FAMILIES,
+    SYSTEM_PROMPT,
+    Example,
+    ImageGeometry,
+    PromptedTask,
+    Task,
+)
 from perception_rl.tasks.registry import TASKS, get_task, reward_options
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "TASKS",
     "Example",
     "ImageGeometry",
+    "PromptedTask",
     "Task",
     "get_task",
     "reward_options",

@@ -90,6 +90,28 @@ class ImageGeometry:
         return values / self._frame(family)[:width]
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptedTask:
+    """What the tasks share: one image and the task text, `prompt` filled in from
+    `prompt_fields(example)` after the system prompt; no reward options unless a task adds some.
+    Tasks subclass it as frozen dataclasses and redeclare `prompt` with their own default."""
+
+    prompt: str = ""
+    system_prompt: str = SYSTEM_PROMPT
+
+    def prompt_fields(self, example: Example) -> dict[str, Any]:
+        """The `{names}` of `prompt` for this example."""
+        return {}
+
+    def conversation(self, example: Example, family: str) -> list[Message]:
+        check_family(family)
+        return image_chat(self.system_prompt, self.prompt.format(**self.prompt_fields(example)))
+
+    def reward_options(self, family: str) -> dict[str, Any]:
+        check_family(family)
+        return {}
+
+
 class Task(Protocol):
     """One perception task. Implementations are small frozen dataclasses."""
 

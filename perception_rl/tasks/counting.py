@@ -25,19 +25,16 @@ import numpy as np
 from perception_rl import metrics as eval_metrics
 from perception_rl.tasks import formats
 from perception_rl.tasks.base import (
-    SYSTEM_PROMPT,
     Example,
     ImageGeometry,
-    Message,
-    check_family,
-    image_chat,
+    PromptedTask,
 )
 
 PROMPT = "Output all the bounding boxes of the {label}"
 
 
 @dataclasses.dataclass(frozen=True)
-class CountingTask:
+class CountingTask(PromptedTask):
     """Every instance of `example["query"]` (a label) → one box per instance."""
 
     name: str = "counting"
@@ -48,12 +45,9 @@ class CountingTask:
     table_columns: tuple[tuple[str, str], ...] = (("accuracy", "Acc"),)
     skip_special_tokens: bool = False
     prompt: str = PROMPT
-    system_prompt: str = SYSTEM_PROMPT
 
-    def conversation(self, example: Example, family: str) -> list[Message]:
-        check_family(family)
-        text = self.prompt.format(label=_label(example))
-        return image_chat(self.system_prompt, text)
+    def prompt_fields(self, example: Example) -> dict[str, Any]:
+        return {"label": _label(example)}
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         boxes = _instances(example, geometry, family)
@@ -61,10 +55,6 @@ class CountingTask:
             "points": ((boxes[:, :2] + boxes[:, 2:]) / 2).tolist(),
             "frame": [int(v) for v in geometry.frame_size(family)],
         }
-
-    def reward_options(self, family: str) -> dict[str, Any]:
-        check_family(family)
-        return {}
 
     def answer(self, example: Example, geometry: ImageGeometry, family: str) -> str:
         boxes = _instances(example, geometry, family)

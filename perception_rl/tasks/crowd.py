@@ -32,12 +32,10 @@ from perception_rl.metrics import box_iou
 from perception_rl.rewards import parse
 from perception_rl.tasks import formats
 from perception_rl.tasks.base import (
-    SYSTEM_PROMPT,
     Example,
     ImageGeometry,
-    Message,
+    PromptedTask,
     check_family,
-    image_chat,
 )
 
 PROMPT = (
@@ -51,7 +49,7 @@ TAGS = ("think", "look", "answer")
 
 
 @dataclasses.dataclass(frozen=True)
-class CrowdTask:
+class CrowdTask(PromptedTask):
     """Every instance of `example["query"]` in a crowd; `example["ignore_boxes"]` are ignored."""
 
     name: str = "crowd"
@@ -71,12 +69,9 @@ class CrowdTask:
     max_look_boxes: int = 8  # The dip reward's default: only that many look boxes count.
     metric_protocol: str = "crowdhuman"  # a key of eval.metrics.crowd.PROTOCOLS
     prompt: str = PROMPT
-    system_prompt: str = SYSTEM_PROMPT
 
-    def conversation(self, example: Example, family: str) -> list[Message]:
-        check_family(family)
-        text = self.prompt.format(label=_label(example))
-        return image_chat(self.system_prompt, text)
+    def prompt_fields(self, example: Example) -> dict[str, Any]:
+        return {"label": _label(example)}
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         return {

@@ -20,12 +20,10 @@ import numpy as np
 from perception_rl import metrics as eval_metrics
 from perception_rl.tasks import formats
 from perception_rl.tasks.base import (
-    SYSTEM_PROMPT,
     Example,
     ImageGeometry,
-    Message,
+    PromptedTask,
     check_family,
-    image_chat,
 )
 
 PROMPT = "Please output bbox coordinates and names of {labels}."
@@ -35,7 +33,7 @@ _CATEGORY_SHIFT = 1e7
 
 
 @dataclasses.dataclass(frozen=True)
-class DetectionTask:
+class DetectionTask(PromptedTask):
     """Every object with its category name; `example["labels"]` index `label_names`."""
 
     name: str = "detection"
@@ -54,14 +52,11 @@ class DetectionTask:
     # (data.sources.task_from_config).
     label_names: tuple[str, ...] = ()
     prompt: str = PROMPT
-    system_prompt: str = SYSTEM_PROMPT
     score_detections: str = "constant"  # PR1: every box 1.0; or "likelihood" (its `scores`)
 
-    def conversation(self, example: Example, family: str) -> list[Message]:
-        check_family(family)
+    def prompt_fields(self, example: Example) -> dict[str, Any]:
         labels = " ".join(str(example.get("query", "")).split()) or ", ".join(self.label_names)
-        text = self.prompt.format(labels=labels)
-        return image_chat(self.system_prompt, text)
+        return {"labels": labels}
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         return {

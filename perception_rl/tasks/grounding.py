@@ -25,19 +25,17 @@ import numpy as np
 from perception_rl import metrics as eval_metrics
 from perception_rl.tasks import formats
 from perception_rl.tasks.base import (
-    SYSTEM_PROMPT,
     Example,
     ImageGeometry,
-    Message,
+    PromptedTask,
     check_family,
-    image_chat,
 )
 
 PROMPT = "Output the bounding box of the {expression} in the image."
 
 
 @dataclasses.dataclass(frozen=True)
-class GroundingTask:
+class GroundingTask(PromptedTask):
     """One referring expression (`example["query"]`) → its single box (`example["boxes"][0]`)."""
 
     name: str = "grounding"
@@ -62,12 +60,9 @@ class GroundingTask:
     )
     skip_special_tokens: bool = False
     prompt: str = PROMPT
-    system_prompt: str = SYSTEM_PROMPT
 
-    def conversation(self, example: Example, family: str) -> list[Message]:
-        check_family(family)
-        text = self.prompt.format(expression=expression(example))
-        return image_chat(self.system_prompt, text)
+    def prompt_fields(self, example: Example) -> dict[str, Any]:
+        return {"expression": expression(example)}
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         return {"box": _referent(example, geometry, family).tolist()}

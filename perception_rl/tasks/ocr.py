@@ -17,19 +17,17 @@ from typing import Any, ClassVar
 from perception_rl import metrics as eval_metrics
 from perception_rl.rewards import parse
 from perception_rl.tasks.base import (
-    SYSTEM_PROMPT,
     Example,
     ImageGeometry,
-    Message,
+    PromptedTask,
     check_family,
-    image_chat,
 )
 
 PROMPT = "OCR this image."
 
 
 @dataclasses.dataclass(frozen=True)
-class OcrTask:
+class OcrTask(PromptedTask):
     """The text in the image (`example["text"]`)."""
 
     name: str = "ocr"
@@ -47,19 +45,10 @@ class OcrTask:
     )
     skip_special_tokens: bool = True
     prompt: str = PROMPT
-    system_prompt: str = SYSTEM_PROMPT
-
-    def conversation(self, example: Example, family: str) -> list[Message]:
-        check_family(family)
-        return image_chat(self.system_prompt, self.prompt)
 
     def target(self, example: Example, geometry: ImageGeometry, family: str) -> dict[str, Any]:
         check_family(family)
         return {"text": str(example["text"])}
-
-    def reward_options(self, family: str) -> dict[str, Any]:
-        check_family(family)
-        return {}
 
     def answer(self, example: Example, geometry: ImageGeometry, family: str) -> str:
         check_family(family)
