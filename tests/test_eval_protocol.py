@@ -8,6 +8,7 @@ import types
 import pytest
 
 from perception_rl.data import synthetic
+from perception_rl.errors import ConfigError
 from perception_rl.eval import protocol, runner
 from perception_rl.models.qwen_vl import tiny
 from perception_rl.policy import make_processor
@@ -103,7 +104,7 @@ def load_config(name):
 
 
 def test_needs_a_paper_config(tmp_path):
-    with pytest.raises(ValueError, match="protocol.splits"):
+    with pytest.raises(ConfigError, match="protocol.splits"):
         protocol.run(runner_config(), tmp_path)
 
 

@@ -1,11 +1,12 @@
 """Eval runner: tiny random checkpoint end to end, oracle completions, orbax restore, bad input."""
 
+import importlib.util
 import json
+import pathlib
 import shutil
 import types
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -24,25 +25,23 @@ from perception_rl.processing import TINY_TOKEN_IDS, tiny_tokenizer_path
 from perception_rl.sampling import SampleResult
 from perception_rl.tasks import FAMILIES, TASKS, ImageGeometry, get_task
 
+ROOT = pathlib.Path(__file__).parents[1]
+
 
 def make_config(**fields):
-    config = ml_collections.ConfigDict(
+    """configs/common.py (where the runner's defaults live), shortened for the tiny model."""
+    spec = importlib.util.spec_from_file_location("common_config", ROOT / "configs" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    config = common.get_config()
+    config.update_from_flattened_dict(
         {
             "task": "counting",
-            "model": None,
-            "checkpoint": None,
-            "tokenizer": None,
-            "eval": {
-                "split": "val",
-                "num_examples": 6,
-                "batch_size": 4,
-                "max_new_tokens": 12,
-                "name": None,
-                "predictions_file": None,
-                "gallery_size": 2,
-                "step": None,
-            },
-            "data": {"source": "synthetic", "seed": 0},
+            "eval.split": "val",
+            "eval.num_examples": 6,
+            "eval.batch_size": 4,
+            "eval.max_new_tokens": 12,
+            "eval.gallery_size": 2,
         }
     )
     config.update_from_flattened_dict(fields)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from perception_rl.data.sources import task_from_config
+from perception_rl.errors import config_value
 from perception_rl.eval import paired, runner
 from perception_rl.tasks import ImageGeometry
 
@@ -116,7 +117,7 @@ def evaluate(config, policy: str, *, num_examples: int, ks: Sequence[int], promp
     """
     task = task_from_config(config)
     config = _policy_config(config, policy, num_examples)
-    source = runner.make_source(config, task, runner.option(config, "eval.split", "validation"))
+    source = runner.make_source(config, task, config_value(config, "eval.split"))
     model, processor = runner.load_checkpoint(config)
     key, rl = paired.headline(task), config.rl
     scores = sample_scores(

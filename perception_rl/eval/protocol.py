@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from perception_rl.data.sources import task_from_config
+from perception_rl.errors import ConfigError, config_value
 from perception_rl.eval import runner
 from perception_rl.tasks import Task
 
@@ -51,12 +52,12 @@ def run(
     load_policy: Callable[[Any], tuple[Any, Any]] | None = None,
 ) -> ProtocolResult:
     """Evaluates `config.checkpoint` on every split of `config.protocol.splits`."""
-    splits = tuple(runner.option(config, "protocol.splits", ()))
+    splits = tuple(config_value(config, "protocol.splits") or ())
     if not splits:
-        raise ValueError("config.protocol.splits is empty: use a paper config (configs/pr1/...).")
+        raise ConfigError("protocol.splits is empty: use a paper config (configs/pr1/...).")
     slugs = [_slug(label) for label, _, _ in splits]
     if len(set(slugs)) != len(slugs):
-        raise ValueError(f"protocol.splits labels must give distinct directories, got {slugs}.")
+        raise ConfigError(f"protocol.splits labels must give distinct directories, got {slugs}.")
     task = protocol_task(config)
     out = pathlib.Path(workdir) / "protocol"
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +76,7 @@ def run(
     )
     (out / "table.md").write_text(table + "\n")
     summary = {
-        "checkpoint": runner.option(config, "checkpoint"),
+        "checkpoint": config_value(config, "checkpoint"),
         "metrics": {
             label: {k: _finite_or_none(v) for k, v in values.items()}
             for label, values in metrics.items()
@@ -107,9 +108,9 @@ def _evaluate_split(config, task: Task, model, processor, out: pathlib.Path) -> 
         processor,
         source,
         model.config.family,
-        batch_size=runner.option(config, "eval.batch_size", 8),
-        max_new_tokens=runner.option(config, "eval.max_new_tokens", 256),
-        repetition_penalty=runner.option(config, "eval.repetition_penalty", 1.0),
+        batch_size=config_value(config, "eval.batch_size"),
+        max_new_tokens=config_value(config, "eval.max_new_tokens"),
+        repetition_penalty=config_value(config, "eval.repetition_penalty"),
     )
     out.mkdir(parents=True, exist_ok=True)
     runner.write_jsonl(out / "predictions.jsonl", records)

@@ -14,7 +14,7 @@ task's metrics and writes, under `<workdir>/eval/<config.eval.name or split>/`:
   gallery.png        the worst and best examples by reward: ground truth green, predictions
                      red (DIP look boxes orange dashed), OCR text under each image.
 
-Config fields read (`ml_collections.ConfigDict` or anything with attributes; defaults in []):
+Config fields read (the defaults, shown in [], are configs/common.py's; the runner has none):
   task                  registered task name (`perception_rl.tasks.TASKS`).
   model                 architecture: an HF directory, or a preset name (`models.preset`).
   checkpoint            what to evaluate: an HF directory (config.json + safetensors), or an
@@ -102,22 +102,22 @@ def evaluate(
     """
     require_at_least(config, 1, "eval.batch_size", "eval.max_new_tokens", "eval.num_examples")
     task = sources.task_from_config(config)
-    split = option(config, "eval.split", "validation")
+    split = config_value(config, "eval.split")
     source = make_source(config, task, split)
     sources.check_source(
-        source, task, f"eval data ({option(config, 'data.source', 'synthetic')}, {split})"
+        source, task, f"eval data ({config_value(config, 'data.source')}, {split})"
     )
-    out = pathlib.Path(workdir) / "eval" / str(option(config, "eval.name") or split)
+    out = pathlib.Path(workdir) / "eval" / str(config_value(config, "eval.name") or split)
     out.mkdir(parents=True, exist_ok=True)
     records, examples, family = _predictions(config, task, source, load_policy, out)
     write_jsonl(out / "predictions.jsonl", records)  # First: decoding is the costly part.
     metrics = score_predictions(task, records, examples)
-    label = str(option(config, "eval.name") or checkpoint_name(config))
+    label = str(config_value(config, "eval.name") or checkpoint_name(config))
     table = format_table(task, [(label, split, metrics)])
     summary = {
         "task": task.name,
         "split": split,
-        "checkpoint": option(config, "checkpoint"),
+        "checkpoint": config_value(config, "checkpoint"),
         "family": family,
         "num_examples": len(records),
         "metrics": metrics,
@@ -126,7 +126,7 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     (out / "table.md").write_text(table + "\n")
     positions = {e["image_id"]: i for i, e in enumerate(examples)}
-    gallery_size = option(config, "eval.gallery_size", 4)
+    gallery_size = config_value(config, "eval.gallery_size")
     gallery = draw_gallery(out / "gallery.png", records, source, positions, gallery_size)
     print(table, flush=True)
     return EvalResult(metrics, table, out, out / "predictions.jsonl", out / "metrics.json", gallery)
@@ -136,7 +136,7 @@ def _predictions(
     config, task: Task, source, load_policy, out: pathlib.Path
 ) -> tuple[list, list, str | None]:
     """(records, annotations, family): decoded, or read from `eval.predictions_file`."""
-    predictions_file = option(config, "eval.predictions_file")
+    predictions_file = config_value(config, "eval.predictions_file")
     if predictions_file:
         records = read_predictions(predictions_file, task.prediction_keys)
         return records, [annotation(source[i]) for i in range(len(source))], None
@@ -149,11 +149,11 @@ def _predictions(
         processor,
         source,
         family,
-        batch_size=option(config, "eval.batch_size", 8),
-        max_new_tokens=option(config, "eval.max_new_tokens", 256),
-        reward_overrides=_mapping(option(config, "reward")),
+        batch_size=config_value(config, "eval.batch_size"),
+        max_new_tokens=config_value(config, "eval.max_new_tokens"),
+        reward_overrides=_mapping(config_value(config, "reward")),
         partial=partial,
-        repetition_penalty=option(config, "eval.repetition_penalty", 1.0),
+        repetition_penalty=config_value(config, "eval.repetition_penalty"),
     )
     partial.finish()
     return records, examples, family
@@ -172,22 +172,16 @@ def _settings(config, family: str) -> dict:
     keys += ("eval.batch_size", "eval.max_new_tokens", "eval.repetition_penalty", "data.source")
     keys += ("data.tfds_config",)
     keys += ("data.source_dir", "data.seed", "data.min_pixels", "data.max_pixels")
-    settings = {key: option(config, key) for key in keys}
+    settings = {key: config_value(config, key) for key in keys}
     for section in ("task_options", "reward", "data.synthetic"):
-        settings[section] = _mapping(option(config, section))
+        settings[section] = _mapping(config_value(config, section))
     return {**settings, "family": family}
-
-
-def option(config, dotted: str, default: Any = None) -> Any:
-    """`config.a.b` for `dotted="a.b"`, or `default` where a level is missing or None."""
-    value = config_value(config, dotted)
-    return default if value is None else value
 
 
 # ------------------------------------------------------------------------------------- data
 def make_source(config, task: Task, split: str):
     """The examples `evaluate` reads: `data.sources.example_source` with `eval.num_examples`."""
-    return sources.example_source(config, task, split, option(config, "eval.num_examples"))
+    return sources.example_source(config, task, split, config_value(config, "eval.num_examples"))
 
 
 def annotation(example: Example) -> Example:
@@ -203,11 +197,11 @@ def load_checkpoint(config) -> tuple[Any, Any]:
     policy loader training uses (`perception_rl.policy.load_policy`)."""
     from perception_rl import policy as policy_lib
 
-    checkpoint = option(config, "checkpoint")
-    if checkpoint is None and not policy_lib.is_hf_dir(option(config, "model")):
+    checkpoint = config_value(config, "checkpoint")
+    if checkpoint is None and not policy_lib.is_hf_dir(config_value(config, "model")):
         raise CheckpointError(
             f"nothing to evaluate: config.checkpoint is not set and model="
-            f"{option(config, 'model')!r} is not an HF directory (config.json + weights)."
+            f"{config_value(config, 'model')!r} is not an HF directory (config.json + weights)."
         )
     policy = policy_lib.load_policy(config, checkpoint=checkpoint)
     return policy.model(), policy.processor
@@ -215,7 +209,7 @@ def load_checkpoint(config) -> tuple[Any, Any]:
 
 def checkpoint_name(config) -> str:
     """A short row label: the checkpoint directory's name (with its step), else the model's."""
-    path = option(config, "checkpoint") or option(config, "model") or "model"
+    path = config_value(config, "checkpoint") or config_value(config, "model") or "model"
     parts = pathlib.Path(str(path)).parts
     return "/".join(parts[-2:]) if parts and parts[-1].isdigit() else (parts[-1] if parts else "")
 
