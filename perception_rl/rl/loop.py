@@ -1,6 +1,6 @@
 """The loop GRPO (`rl.trainer`) and SFT (`rl.sft`) share: the sharded update built from a config,
 resume from the newest readable checkpoint, and the step loop with metrics, checkpoints,
-SIGTERM and the final HF export. Each trainer supplies only its `one_step`.
+SIGTERM and the final HF export (`train_loop`). Each trainer supplies only its `one_step`.
 """
 
 from __future__ import annotations
@@ -49,6 +49,60 @@ def make_train_step(
         schedule,
         mesh,
         partition_rules(config),
+    )
+
+
+def train_loop(
+    config,
+    workdir: str,
+    *,
+    policy: Policy,
+    step_fn: TrainStep,
+    records: Any,
+    num_steps: int,
+    checkpoint_every: int,
+    description: str,
+    postfix: tuple[str, ...],
+    make_one_step,
+) -> dict:
+    """Resumes or starts a run in `workdir` and steps it to `num_steps` (`run_loop`).
+
+    Args:
+        config: the run's config (`seed`, `train.keep_checkpoints`, `train.stop_grace_s`).
+        workdir: run directory: checkpoints/, metrics.jsonl, tensorboard/, policy/.
+        policy: the loaded policy (its parameters start a fresh run).
+        step_fn: the sharded update.
+        records: the data iterator (its state is checkpointed).
+        num_steps: the last step.
+        checkpoint_every: steps between checkpoints.
+        description, postfix: the progress bar's label and the metrics it shows.
+        make_one_step: rng -> one_step(state, step) -> (state, metrics), given the run's key.
+    """
+    checkpoints = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        every=checkpoint_every,
+        keep=config.train.keep_checkpoints,
+    )
+    state, rng, start = resume_or_init(checkpoints, step_fn, policy, records, config.seed)
+    writer = MetricWriter(
+        workdir,
+        total_steps=num_steps,
+        start_step=start,
+        description=description,
+        postfix=postfix,
+    )
+    return run_loop(
+        make_one_step(rng),
+        state,
+        rng,
+        start=start,
+        num_steps=num_steps,
+        checkpoints=checkpoints,
+        writer=writer,
+        records=records,
+        policy=policy,
+        workdir=workdir,
+        grace_s=config.train.get("stop_grace_s", 120.0),
     )
 
 

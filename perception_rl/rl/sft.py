@@ -13,7 +13,6 @@ one "completion" (the answer) per prompt.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -25,9 +24,8 @@ from perception_rl.errors import require_at_least
 from perception_rl.policy import load_policy
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
-from perception_rl.rl.checkpoint import Checkpointer
-from perception_rl.rl.loop import make_train_step, resume_or_init, run_loop
-from perception_rl.rl.metric_writer import PERF_PREFIX, MetricWriter
+from perception_rl.rl.loop import make_train_step, train_loop
+from perception_rl.rl.metric_writer import PERF_PREFIX
 from perception_rl.rl.train_step import StepConfig
 
 
@@ -98,16 +96,6 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
     records = runtime.prompt_batches(
         config, formatter, runtime.per_host(cfg.batch_size, "sft.batch_size"), source
     )
-    checkpoints = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        every=cfg.checkpoint_every,
-        keep=config.train.keep_checkpoints,
-    )
-    # SFT draws no randomness; the key is checkpointed only for a layout shared with GRPO.
-    state, rng, start = resume_or_init(checkpoints, step_fn, policy, records, config.seed)
-    writer = MetricWriter(
-        workdir, total_steps=cfg.num_steps, start_step=start, description="sft", postfix=("loss",)
-    )
 
     def one_step(state, step):
         del step
@@ -122,16 +110,15 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         metrics[PERF_PREFIX + "tokens_per_s"] = metrics["completion_tokens"] / elapsed
         return state, metrics
 
-    return run_loop(
-        one_step,
-        state,
-        rng,
-        start=start,
-        num_steps=cfg.num_steps,
-        checkpoints=checkpoints,
-        writer=writer,
-        records=records,
+    return train_loop(
+        config,
+        workdir,
         policy=policy,
-        workdir=workdir,
-        grace_s=config.train.get("stop_grace_s", 120.0),
+        step_fn=step_fn,
+        records=records,
+        num_steps=cfg.num_steps,
+        checkpoint_every=cfg.checkpoint_every,
+        description="sft",
+        postfix=("loss",),
+        make_one_step=lambda rng: one_step,  # SFT draws no randomness
     )

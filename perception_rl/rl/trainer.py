@@ -16,7 +16,6 @@ exported as an HF directory, `<workdir>/policy`.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -28,9 +27,8 @@ from perception_rl.errors import require_at_least
 from perception_rl.policy import Policy, load_policy
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
-from perception_rl.rl.checkpoint import Checkpointer
-from perception_rl.rl.loop import make_train_step, resume_or_init, run_loop
-from perception_rl.rl.metric_writer import PERF_PREFIX, MetricWriter
+from perception_rl.rl.loop import make_train_step, train_loop
+from perception_rl.rl.metric_writer import PERF_PREFIX
 from perception_rl.rl.rollouts import RolloutCollector, RolloutConfig
 from perception_rl.rl.train_step import (
     StepConfig,
@@ -133,34 +131,19 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         source,
     )
     collector = RolloutCollector(policy, records, rollout_config(config, policy, task))
-    checkpoints = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        every=train_cfg.checkpoint_every,
-        keep=train_cfg.keep_checkpoints,
-    )
-    state, rng, start = resume_or_init(checkpoints, step_fn, policy, records, config.seed)
-    writer = MetricWriter(
+    return train_loop(
+        config,
         workdir,
-        total_steps=train_cfg.num_steps,
-        start_step=start,
+        policy=policy,
+        step_fn=step_fn,
+        records=records,
+        num_steps=train_cfg.num_steps,
+        checkpoint_every=train_cfg.checkpoint_every,
         description="grpo",
         postfix=_POSTFIX,
-    )
-    one_step = lambda state, step: grpo_step(
-        state, step, rng, collector, step_fn, reference, config
-    )
-    return run_loop(
-        one_step,
-        state,
-        rng,
-        start=start,
-        num_steps=train_cfg.num_steps,
-        checkpoints=checkpoints,
-        writer=writer,
-        records=records,
-        policy=policy,
-        workdir=workdir,
-        grace_s=config.train.get("stop_grace_s", 120.0),
+        make_one_step=lambda rng: (
+            lambda state, step: grpo_step(state, step, rng, collector, step_fn, reference, config)
+        ),
     )
 
 
