@@ -96,3 +96,85 @@ def check_rewards(ns: dict) -> None:
             _assert_same_boxes(
                 _rectangles(ax, "orange", "--"), parsed.get("look", ()), f"{name} #{i} look"
             )
+
+
+# ------------------------------------------------------------------------------------ datasets
+def _xyxy(xywh) -> np.ndarray:
+    boxes = np.asarray(xywh, np.float64).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def _expected_drawings(ns: dict) -> dict:
+    """(dataset, index) -> (image file, boxes, crowd boxes, ignore boxes, points), in original
+    pixels, converted here from the raw files the notebook wrote (not from the builders)."""
+    expected = {}
+    raw, dirs = ns["raw_annotations"], ns["RAW_DIRS"]
+    for i, scene in enumerate(raw["crowdhuman"]):
+        people = [b for b in scene["gtboxes"] if b["tag"] == "person" and not b["extra"]["ignore"]]
+        ignored = [b for b in scene["gtboxes"] if b not in people]
+        expected["crowdhuman", i] = (
+            dirs["crowdhuman"] / "Images" / f"{scene['ID']}.jpg",
+            _xyxy([b["fbox"] for b in people]),
+            _xyxy([]),
+            _xyxy([b["fbox"] for b in ignored]),
+            np.zeros((0, 2)),
+        )
+    coco = raw["coco_detection"]
+    for i, image in enumerate(coco["images"]):
+        mine = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        expected["coco_detection", i] = (
+            dirs["coco_detection"] / "val2017" / image["file_name"],
+            _xyxy([a["bbox"] for a in mine if not a["iscrowd"]]),
+            _xyxy([a["bbox"] for a in mine if a["iscrowd"]]),
+            _xyxy([]),
+            np.zeros((0, 2)),
+        )
+    for i, row in enumerate(raw["pixmo_count"]):
+        expected["pixmo_count", i] = (
+            dirs["pixmo_count"] / "images" / f"{row['image_sha256']}.jpg",
+            _xyxy([]),
+            _xyxy([]),
+            _xyxy([]),
+            np.array([[p["x"], p["y"]] for p in row["points"]], np.float64),
+        )
+    return expected
+
+
+def check_datasets(ns: dict) -> None:
+    from PIL import Image
+
+    from perception_rl.data import synthetic
+
+    drawn = ns["drawn_axes"]
+    expected = _expected_drawings(ns)
+    # Every fixture example was built, read back and drawn (two per dataset).
+    assert {key for key in drawn if key[0] != "synthetic"} == set(expected), sorted(drawn)
+    for key, (image_file, boxes, crowd, ignore, points) in expected.items():
+        ax = drawn[key]
+        pixels = np.asarray(Image.open(image_file).convert("RGB"))
+        _image_at_pixels(ax, *pixels.shape[:2])
+        # The drawn image is the raw file's pixels (JPEG decoded the same way).
+        np.testing.assert_array_equal(ax.get_images()[0].get_array(), pixels, err_msg=str(key))
+        _assert_same_boxes(_rectangles(ax, "lime", "-"), boxes, f"{key} boxes")
+        _assert_same_boxes(_rectangles(ax, "lime", "--"), crowd, f"{key} crowd boxes")
+        _assert_same_boxes(_rectangles(ax, "lime", ":"), ignore, f"{key} ignore regions")
+        marks = [line.get_xydata() for line in ax.get_lines() if line.get_marker() == "x"]
+        marks = np.concatenate(marks) if marks else np.zeros((0, 2))
+        np.testing.assert_allclose(marks, points, atol=1e-4, err_msg=f"{key} points")
+        # Each annotated object of the fixture is painted where its box is: the box's centre
+        # pixel is not the background (the image's corner pixel).
+        for x1, y1, x2, y2 in np.concatenate([boxes, crowd]):
+            centre = pixels[int((y1 + y2) / 2), int((x1 + x2) / 2)].astype(int)
+            assert np.abs(centre - pixels[0, 0].astype(int)).sum() > 60, (key, (x1, y1, x2, y2))
+    synthetic_keys = sorted(key for key in drawn if key[0] == "synthetic")
+    assert synthetic_keys, "no synthetic scene drawn"
+    crowds = ns["synthetic_crowds"]
+    assert sum(len(e["ignore_boxes"]) for e in crowds) > 0, "no ignore region drawn"
+    for key in synthetic_keys:
+        example = crowds[key[1]]
+        fresh = synthetic.generate_example("crowd", (10, 13)[key[1]], split="validation", seed=0)
+        np.testing.assert_array_equal(example["image"], fresh["image"])
+        ax = drawn[key]
+        _image_at_pixels(ax, *example["image"].shape[:2])
+        _assert_same_boxes(_rectangles(ax, "lime", "-"), fresh["boxes"], f"{key} boxes")
+        _assert_same_boxes(_rectangles(ax, "lime", ":"), fresh["ignore_boxes"], f"{key} ignore")

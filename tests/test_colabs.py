@@ -87,6 +87,7 @@ def test_notebook_runs(notebook, tmp_path):
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "HOME": str(tmp_path),
+            "TMPDIR": str(tmp_path),
         },
     )
     seconds = time.perf_counter() - began
