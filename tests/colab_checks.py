@@ -178,3 +178,49 @@ def check_datasets(ns: dict) -> None:
         _image_at_pixels(ax, *example["image"].shape[:2])
         _assert_same_boxes(_rectangles(ax, "lime", "-"), fresh["boxes"], f"{key} boxes")
         _assert_same_boxes(_rectangles(ax, "lime", ":"), fresh["ignore_boxes"], f"{key} ignore")
+
+
+# --------------------------------------------------------------------------- train_and_compare
+def check_train_and_compare(ns: dict) -> None:
+    import json
+
+    from perception_rl.data.tasks import get_task
+    from perception_rl.eval import runner
+    from perception_rl.rl import recipe, report
+    from perception_rl.rl.metric_writer import read_metrics
+
+    config, workdir = ns["config"], ns["WORKDIR"]
+    # The shortened config is the main job's with exactly the stated overrides.
+    for key, value in ns["SHORTENED"].items():
+        section = config
+        for part in key.split(".")[:-1]:
+            section = section[part]
+        assert section[key.split(".")[-1]] == value, key
+    assert config.task == ns["TASK"] and config.mode == "recipe"
+    for phase in recipe.PHASES:
+        assert (workdir / phase / "policy" / "config.json").is_file(), phase
+    # The live curve ended holding every GRPO step of the run's metrics file.
+    records = read_metrics(str(workdir / "grpo" / "metrics.jsonl"))
+    steps, values = ns["live_curve"]["total"]
+    assert steps == [r["step"] for r in records] == list(range(1, config.train.num_steps + 1))
+    assert values == [r["reward/total/mean"] for r in records]
+    # The final table is the recipe's report: the table of the saved summary, whose metrics are
+    # the two evaluations' metrics.json.
+    saved = json.loads((workdir / "report" / "before_after.json").read_text())
+    split = config.eval.split
+    for phase in recipe.PHASES:
+        evaluated = json.loads((workdir / "eval" / phase / "metrics.json").read_text())
+        assert saved["metrics"][phase] == evaluated["metrics"], phase
+        assert ns["summary"]["metrics"][phase] == evaluated["metrics"], phase
+    table = ns["final_table"]
+    assert table == (workdir / "report" / "table.md").read_text()
+    assert table.startswith(report.format_table(saved, split) + "\n")
+    task = get_task(config.task)
+    for label, metrics in (("SFT", saved["metrics"]["sft"]), ("GRPO", saved["metrics"]["grpo"])):
+        cells = [runner._percent(metrics.get(key)) for key, _ in task.table_columns]
+        assert f"| {label} | {split} | " + " | ".join(cells) + " |" in table, label
+    assert saved["train_reward"]["steps"] == config.train.num_steps
+    assert f"over {config.train.num_steps} steps" in table
+    # Run again here, the recipe assembles the same summary from the same workdir.
+    again = recipe.run(config, str(workdir))
+    assert again["metrics"] == saved["metrics"] and again["delta"] == saved["delta"]
