@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.colors import to_rgba
 
 TASKS = ("grounding", "counting", "ocr", "detection", "crowd")
+_LINE_STYLES = {"solid": "-", "dashed": "--", "dotted": ":", "dashdot": "-."}
 
 
 def _rectangles(ax, colour: str, linestyle: str = "-") -> np.ndarray:
@@ -16,7 +17,8 @@ def _rectangles(ax, colour: str, linestyle: str = "-") -> np.ndarray:
     for patch in ax.patches:
         if not hasattr(patch, "get_width"):
             continue
-        if patch.get_edgecolor() != to_rgba(colour) or patch.get_linestyle() != linestyle:
+        style = _LINE_STYLES.get(patch.get_linestyle(), patch.get_linestyle())
+        if patch.get_edgecolor() != to_rgba(colour) or style != linestyle:
             continue
         x, y = patch.get_xy()
         found.append([x, y, x + patch.get_width(), y + patch.get_height()])
@@ -224,3 +226,77 @@ def check_train_and_compare(ns: dict) -> None:
     # Run again here, the recipe assembles the same summary from the same workdir.
     again = recipe.run(config, str(workdir))
     assert again["metrics"] == saved["metrics"] and again["delta"] == saved["delta"]
+
+
+# ---------------------------------------------------------------------------------- checkpoint
+def _pure_params(path) -> dict:
+    from flax import nnx
+
+    from perception_rl.models import from_pretrained
+
+    return nnx.to_pure_dict(nnx.split(from_pretrained(str(path)), nnx.Param)[1])
+
+
+def _assert_same_tree(a, b, what: str) -> None:
+    import jax
+
+    assert jax.tree.structure(a) == jax.tree.structure(b), what
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=what)
+
+
+def check_checkpoint(ns: dict) -> None:
+    import importlib.util
+    import json
+
+    from transformers import AutoConfig
+
+    from perception_rl import plan, rewards
+    from perception_rl.data import synthetic
+    from perception_rl.data.tasks import ImageGeometry, get_task
+
+    # The default checkpoint is the tiny random policy, written by export_policy and loaded
+    # back unchanged.
+    _assert_same_tree(_pure_params(ns["CHECKPOINT"]), ns["tiny"].params, "exported tiny")
+    _assert_same_tree(ns["policy"].params, ns["tiny"].params, "loaded checkpoint")
+    family = ns["family"]
+    image_processor = ns["policy"].processor.image_processor
+    # Predictions: parsed from each completion as the task parses it, scored by the reward,
+    # drawn at their pixels beside the ground truth.
+    for row, name in enumerate(ns["TASKS"]):
+        task = get_task(name)
+        options = task.reward_options(family)
+        assert len(ns["records"][name]) == ns["IMAGES_PER_TASK"]
+        for column, record in enumerate(ns["records"][name]):
+            example = synthetic.generate_example(name, column, split="validation", seed=0)
+            geometry = ImageGeometry.for_image(*example["image"].shape[:2], image_processor)
+            assert record["prediction"] == task.predict(record["completion"], geometry, family)
+            target = task.target(example, geometry, family)
+            reward = rewards.score(
+                task.reward, [record["completion"]], [target], group_size=1, **options
+            )
+            assert record["reward"] == float(reward[0]), (name, column)
+            ax = ns["axes"][row][column]
+            _image_at_pixels(ax, *example["image"].shape[:2])
+            _assert_same_boxes(_rectangles(ax, "lime"), example["boxes"], f"{name} truth")
+            _assert_same_boxes(
+                _rectangles(ax, "red"), record["prediction"]["boxes"], f"{name} prediction"
+            )
+    # The TPU plan (libtpu is a test dependency): every GRPO program compiled for v5e 2x2.
+    if importlib.util.find_spec("libtpu") is not None:
+        found = ns["memory_plan"]
+        assert found is not None and found.chips == 4 and found.fits
+        names = [p.name for p in found.programs]
+        assert names == ["sampler prefill", "sampler decode", "reference log-probs", "grpo update"]
+        assert found.shapes.prompts == 4 and found.shapes.group == 4
+        for program in found.programs:
+            assert 0 < program.peak < found.chip.hbm and program.flops > 0, program.name
+        setup = plan.setup(ns["plan_config"], "v5e:2x2", (1, 4, 1))
+        assert found.programs[-1].resident == plan.per_chip_bytes(setup.params)
+    # Saved back: the same weights and architecture, readable by transformers.
+    saved = ns["SAVED"]
+    assert ns["same_weights"] is True
+    _assert_same_tree(_pure_params(saved), ns["policy"].params, "saved checkpoint")
+    original = json.loads((saved.parent / "tiny_qwen2_5_vl" / "config.json").read_text())
+    assert json.loads((saved / "config.json").read_text()) == original
+    assert AutoConfig.from_pretrained(str(saved)).model_type == "qwen2_5_vl"
