@@ -201,7 +201,7 @@ def check_train_and_compare(ns: dict) -> None:
     assert config.task == ns["TASK"] and config.mode == "recipe"
     for phase in recipe.PHASES:
         assert (workdir / phase / "policy" / "config.json").is_file(), phase
-    # The live curve ended holding every GRPO step of the run's metrics file.
+    # The live figure, redrawn while GRPO ran, ended showing every step of the metrics file.
     records = read_metrics(str(workdir / "grpo" / "metrics.jsonl"))
     steps, values = ns["live_curve"]["total"]
     assert steps == [r["step"] for r in records] == list(range(1, config.train.num_steps + 1))
@@ -248,6 +248,7 @@ def _assert_same_tree(a, b, what: str) -> None:
 def check_checkpoint(ns: dict) -> None:
     import importlib.util
     import json
+    import pathlib
 
     from transformers import AutoConfig
 
@@ -297,6 +298,6 @@ def check_checkpoint(ns: dict) -> None:
     saved = ns["SAVED"]
     assert ns["same_weights"] is True
     _assert_same_tree(_pure_params(saved), ns["policy"].params, "saved checkpoint")
-    original = json.loads((saved.parent / "tiny_qwen2_5_vl" / "config.json").read_text())
+    original = json.loads((pathlib.Path(ns["CHECKPOINT"]) / "config.json").read_text())
     assert json.loads((saved / "config.json").read_text()) == original
     assert AutoConfig.from_pretrained(str(saved)).model_type == "qwen2_5_vl"

@@ -9,6 +9,7 @@ only the exit code. Notebooks are committed without outputs.
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import time
@@ -81,6 +82,7 @@ def test_notebook_runs(notebook, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     began = time.perf_counter()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     # A fresh interpreter, as a user's kernel would be (one CPU device, default settings). The
     # worktree's package is imported (PYTHONPATH), whatever is installed.
     result = subprocess.run(
@@ -103,7 +105,9 @@ def test_notebook_runs(notebook, tmp_path):
         },
     )
     seconds = time.perf_counter() - began
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = used.ru_utime + used.ru_stime - children.ru_utime - children.ru_stime
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     if notebook.stem in CHECKED:
         assert "colab checks passed" in result.stdout
-    print(f"{notebook.name}: {seconds:.1f} s")
+    print(f"{notebook.name}: {seconds:.1f} s wall, {cpu:.1f} s CPU")
