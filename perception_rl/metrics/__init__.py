@@ -1,4 +1,4 @@
-"""The papers' evaluation metrics, each checked against its reference tool in tests/test_eval_*.
+"""The papers' evaluation metrics, each checked against its reference tool in tests/metrics/.
 
 Importing this package is cheap: faster-coco-eval, scipy and nltk load on first use.
 """

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets")
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 _SCRIPT = textwrap.dedent("""
     import importlib.abc, pathlib, sys
@@ -70,7 +70,7 @@ def test_every_builder_builds_and_reads_without_tensorflow(tmp_path):
         os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     )
     result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, str(tmp_path), str(ROOT / "tests")],
+        [sys.executable, "-c", _SCRIPT, str(tmp_path), str(ROOT / "tests" / "data")],
         env=env,
         capture_output=True,
         text=True,

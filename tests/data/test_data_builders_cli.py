@@ -18,7 +18,7 @@ from test_data_builders_refcoco import write_refer
 
 from perception_rl.data import build, datasets, pipeline, sources
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_cli_builds_summarises_and_reuses_a_finished_build(tmp_path, capsys):

@@ -24,6 +24,6 @@ def test_import_loads_no_heavy_dependency():
         capture_output=True,
         text=True,
         check=True,
-        cwd=pathlib.Path(__file__).parents[1],
+        cwd=pathlib.Path(__file__).parents[2],
     )
     assert result.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from perception_rl.policy import make_processor
 from perception_rl.processing import tiny_tokenizer_path
 from perception_rl.tasks import get_task
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def grounding_config():

@@ -16,7 +16,7 @@ import pytest
 from perception_rl.errors import EXIT_INTERRUPTED
 from perception_rl.rl.metric_writer import PERF_PREFIX, read_metrics
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 8
 # The device setup of test_train_multihost's one-process run, whose compiled programs the
 # persistent cache then serves to these runs.

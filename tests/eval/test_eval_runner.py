@@ -25,7 +25,7 @@ from perception_rl.processing import TINY_TOKEN_IDS, tiny_tokenizer_path
 from perception_rl.sampling import SampleResult
 from perception_rl.tasks import FAMILIES, TASKS, ImageGeometry, get_task
 
-ROOT = pathlib.Path(__file__).parents[1]
+ROOT = pathlib.Path(__file__).parents[2]
 
 
 def make_config(**fields):

@@ -15,7 +15,7 @@ from perception_rl.data import pipeline, synthetic
 from perception_rl.data.builders import synthetic_perception as sp
 
 SIZES = {"train": 6, "validation": 3, "test": 3}
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Runs in a fresh interpreter in which `tensorflow` cannot be found even where installed: one
 # finder wraps all the others and reports it missing, as for an uninstalled package.

@@ -12,7 +12,7 @@ import pytest
 
 from perception_rl.rl.metric_writer import read_metrics
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # data 2 x fsdp 2: the batch and the parameters are both split across the two processes.
 ARGS = ["--config=configs/smoke.py", "--config.train.num_steps=2", "--config.mesh_shape=(2,2,1)"]
 

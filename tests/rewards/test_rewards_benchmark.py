@@ -8,7 +8,7 @@ import numpy as np
 
 from perception_rl import rewards
 
-_PATH = pathlib.Path(__file__).parents[1] / "benchmarks" / "rewards.py"
+_PATH = pathlib.Path(__file__).parents[2] / "benchmarks" / "rewards.py"
 _spec = importlib.util.spec_from_file_location("rewards_benchmark", _PATH)
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
