@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perception_rl import rewards as rewards_lib
+from perception_rl.parallel import hosts
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
 from perception_rl.sampling import SampleResult, generate
@@ -159,12 +160,12 @@ class RolloutCollector:
         cfg, group = self.config, self.config.group_size
         records = next(self.records)
         local = [record["prompt"] for record in records]
-        sizes = batch_lib.host_max(batch_lib.prompt_sizes(local))
-        prompts = batch_lib.gather_hosts(
+        sizes = hosts.host_max(batch_lib.prompt_sizes(local))
+        prompts = hosts.gather_hosts(
             batch_lib.pad_prompts(local, pad_id=self.policy.pad_id, sizes=sizes)
         )
         out = self.sample(params, prompts, key)
-        mine = batch_lib.host_rows(len(records), group)  # this host's prompts' completions
+        mine = hosts.host_rows(len(records), group)  # this host's prompts' completions
         texts = self.decode(out.tokens[mine], out.lengths[mine])
         scores = rewards_lib.score_components(
             cfg.reward,
@@ -173,7 +174,7 @@ class RolloutCollector:
             group_size=group,
             **cfg.reward_options,
         )
-        return Draw(prompts, out.tokens, out.lengths, batch_lib.gather_hosts(scores, group))
+        return Draw(prompts, out.tokens, out.lengths, hosts.gather_hosts(scores, group))
 
     def advantage_rewards(self, rewards: dict[str, np.ndarray]) -> np.ndarray:
         """[B*G] totals, or [B*G, C] components for per-component normalisation."""

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from perception_rl.data import pipeline
 from perception_rl.errors import EXIT_INTERRUPTED, ConfigError
-from perception_rl.parallel import make_mesh
+from perception_rl.parallel import hosts, make_mesh
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
 from perception_rl.rl.train_step import BATCH_AXES
@@ -175,7 +175,7 @@ class StopSignal:
         os._exit(EXIT_INTERRUPTED)
 
     def requested(self) -> bool:
-        return bool(batch_lib.host_max(np.asarray([int(self._received)]))[0])
+        return bool(hosts.host_max(np.asarray([int(self._received)]))[0])
 
     def restore(self) -> None:
         """Puts back the previous SIGTERM handler."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from perception_rl.data import sources
 from perception_rl.errors import require_at_least
+from perception_rl.parallel import hosts
 from perception_rl.policy import load_policy
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
@@ -35,12 +36,12 @@ def sft_batch(records: list[dict], pad_id: int) -> dict:
     answer_length = batch_lib.bucket(
         max(len(r["answer_ids"]) for r in records), batch_lib.MIN_ANSWER_LENGTH
     )
-    sizes = batch_lib.host_max(np.append(batch_lib.prompt_sizes(prompts), answer_length))
+    sizes = hosts.host_max(np.append(batch_lib.prompt_sizes(prompts), answer_length))
     local = {
         "prompts": batch_lib.pad_prompts(prompts, pad_id=pad_id, sizes=sizes[:3]),
         "completions": dict(zip(("tokens", "mask"), batch_lib.pad_answers(records, int(sizes[3])))),
     }
-    return batch_lib.gather_hosts(local)
+    return hosts.gather_hosts(local)
 
 
 def step_config(config) -> StepConfig:
@@ -101,9 +102,7 @@ def train(config, workdir: str, *, task: Any = None, source: Any = None) -> dict
         del step
         began = time.perf_counter()
         batch = sft_batch(next(records), policy.pad_id)
-        state, metrics = step_fn.update(
-            state, batch_lib.global_arrays(batch, step_fn.batch_sharding)
-        )
+        state, metrics = step_fn.update(state, hosts.global_arrays(batch, step_fn.batch_sharding))
         metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
         elapsed = time.perf_counter() - began
         metrics[PERF_PREFIX + "step_time_s"] = elapsed

@@ -24,6 +24,7 @@ import numpy as np
 
 from perception_rl.data import sources
 from perception_rl.errors import require_at_least
+from perception_rl.parallel import hosts
 from perception_rl.policy import Policy, load_policy
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import runtime
@@ -155,7 +156,7 @@ def grpo_step(
     start = time.perf_counter()
     rollouts = collector.collect(state.params, jax.random.fold_in(rng, step), rl.prompts_per_step)
     sampled = time.perf_counter()
-    batch = batch_lib.global_arrays(rollouts.batch, step_fn.batch_sharding)
+    batch = hosts.global_arrays(rollouts.batch, step_fn.batch_sharding)
     completions = batch["completions"]
     if reference is not None:
         completions["ref_logps"] = step_fn.logprobs(reference, batch)

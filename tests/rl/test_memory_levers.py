@@ -11,7 +11,7 @@ from flax import nnx
 from perception_rl.data import synthetic
 from perception_rl.models.qwen_vl import QwenVL, tiny
 from perception_rl.models.qwen_vl import layers as layers_lib
-from perception_rl.parallel import make_mesh
+from perception_rl.parallel import hosts, make_mesh
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl.train_step import StepConfig, TrainStep, make_optimizer
@@ -65,7 +65,7 @@ def gradients(setup, **settings):
     schedule = optax.constant_schedule(0.1)
     config = StepConfig(group_size=GROUP, logprob_chunk=8, **settings)
     step = TrainStep(graphdef, params, config, optax.sgd(schedule), schedule, mesh)
-    placed = batch_lib.global_arrays(batch, step.batch_sharding)
+    placed = hosts.global_arrays(batch, step.batch_sharding)
     grads, terms = jax.jit(step.gradients)(params, placed)
     return jax.device_get((grads, terms.loss, step.logprobs(params, placed)))
 

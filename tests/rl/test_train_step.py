@@ -10,7 +10,7 @@ from flax import nnx
 
 from perception_rl.data import synthetic
 from perception_rl.models.qwen_vl import QwenVL, tiny
-from perception_rl.parallel import make_mesh
+from perception_rl.parallel import hosts, make_mesh
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
@@ -85,7 +85,7 @@ def batch(policy, prompts):
     }
     out = {"prompts": prompts, "completions": completions}
     step = make_step(policy, 1, 1)
-    logps = np.asarray(step.logprobs(policy[1], batch_lib.global_arrays(out, step.batch_sharding)))
+    logps = np.asarray(step.logprobs(policy[1], hosts.global_arrays(out, step.batch_sharding)))
     completions["old_logps"] = logps + rng.normal(scale=0.3, size=logps.shape).astype(np.float32)
     completions["ref_logps"] = logps + rng.normal(scale=0.1, size=logps.shape).astype(np.float32)
     return out
@@ -93,7 +93,7 @@ def batch(policy, prompts):
 
 def run_updates(step: TrainStep, params, batch, n=2):
     state = step.init_state(params)
-    placed = batch_lib.global_arrays(batch, step.batch_sharding)
+    placed = hosts.global_arrays(batch, step.batch_sharding)
     metrics = []
     for _ in range(n):
         state, m = step.update(state, placed)
@@ -128,11 +128,11 @@ def test_micro_batches_accumulate_to_the_full_batch(policy, batch, reference_run
     """Two micro-batches (with rematerialised layers) give the full batch's update."""
     # Uneven completion lengths make per-micro-batch means differ from the full-batch mean.
     step = make_step(policy, 1, 2, remat=True)
-    placed = batch_lib.global_arrays(batch, step.batch_sharding)
+    placed = hosts.global_arrays(batch, step.batch_sharding)
     reference = make_step(policy, 1, 1)
     np.testing.assert_allclose(
         step.logprobs(policy[1], placed),
-        reference.logprobs(policy[1], batch_lib.global_arrays(batch, reference.batch_sharding)),
+        reference.logprobs(policy[1], hosts.global_arrays(batch, reference.batch_sharding)),
         atol=1e-5,
     )
     assert_same_run(reference_run, run_updates(step, policy[1], batch))
@@ -140,7 +140,7 @@ def test_micro_batches_accumulate_to_the_full_batch(policy, batch, reference_run
 
 def test_update_descends_the_grpo_loss_of_its_own_log_probs(policy, batch, reference_run):
     step = make_step(policy, 1, 1)
-    placed = batch_lib.global_arrays(batch, step.batch_sharding)
+    placed = hosts.global_arrays(batch, step.batch_sharding)
     c = batch["completions"]
 
     def loss_fn(params):
@@ -180,12 +180,12 @@ def test_non_finite_loss_skips_the_update(policy, batch):
             "advantages": np.full(PROMPTS * GROUP, np.nan, np.float32),
         },
     }
-    state, metrics = step.update(state, batch_lib.global_arrays(bad, step.batch_sharding))
+    state, metrics = step.update(state, hosts.global_arrays(bad, step.batch_sharding))
     after = jax.device_get(state)
     assert int(metrics["skipped"]) == 1 and not np.isfinite(metrics["loss"])
     jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
     jax.tree.map(np.testing.assert_array_equal, before.opt_state, after.opt_state)
-    state, metrics = step.update(state, batch_lib.global_arrays(batch, step.batch_sharding))
+    state, metrics = step.update(state, hosts.global_arrays(batch, step.batch_sharding))
     assert int(metrics["skipped"]) == 1 and int(state.step) == 2 and np.isfinite(metrics["loss"])
 
 
@@ -211,7 +211,7 @@ def test_log_probs_equal_the_samplers(policy, prompts):
         "mask": mask,
         "advantages": np.zeros(len(mask), np.float32),
     }
-    batch = batch_lib.global_arrays(
+    batch = hosts.global_arrays(
         {"prompts": prompts, "completions": completions}, step.batch_sharding
     )
     ours = np.asarray(step.logprobs(params, batch))

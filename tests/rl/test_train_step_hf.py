@@ -10,7 +10,7 @@ from flax import nnx
 
 from perception_rl.data import synthetic
 from perception_rl.models import from_pretrained
-from perception_rl.parallel import make_mesh
+from perception_rl.parallel import hosts, make_mesh
 from perception_rl.processing import Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl.train_step import StepConfig, TrainStep
@@ -50,7 +50,7 @@ def test_completion_logprobs_equal_a_full_hf_forward(family, tmp_path):
     schedule = optax.constant_schedule(0.0)
     config = StepConfig(group_size=GROUP, logprob_chunk=8)
     step = TrainStep(graphdef, params, config, optax.sgd(schedule), schedule, mesh)
-    batch = batch_lib.global_arrays(
+    batch = hosts.global_arrays(
         {"prompts": prompts, "completions": completions}, step.batch_sharding
     )
     ours = np.asarray(step.logprobs(params, batch))
