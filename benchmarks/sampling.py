@@ -136,9 +136,11 @@ def roofline(result: list[dict]) -> list[str]:
     med = lambda key: statistics.median(r[key] for r in result)
     peak, bandwidth = med("matmul_peak"), med("bandwidth")
     lines = [
-        "roofline of ours (FLOPs and bytes: XLA's cost analysis of the compiled programs, whose"
-        " bytes count every op's operands, cache hits included; 'decode, least bytes': the text"
-        " weights and the whole KV cache read once per token, analytic):"
+        (
+            "roofline of ours (FLOPs and bytes: XLA's cost analysis of the compiled programs, whose"
+            " bytes count every op's operands, cache hits included; 'decode, least bytes': the text"
+            " weights and the whole KV cache read once per token, analytic):"
+        )
     ]
     for name, key in (("prefill", None), ("decode", None), ("decode, least bytes", "min")):
         stage = name.split(",")[0]
