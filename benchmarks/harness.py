@@ -119,6 +119,15 @@ def _process_cpu() -> dict[int, tuple[str, int, float]]:
     return out
 
 
+def _command(pid: int, fallback: str, width: int = 60) -> str:
+    """The start of a process's command line (its name if that cannot be read)."""
+    try:
+        argv = _read(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
+    except OSError:
+        argv = ""
+    return (argv or fallback)[:width]
+
+
 def _descendants(root: int, table: dict[int, tuple[str, int, float]]) -> set[int]:
     mine, grew = {root}, True
     while grew:
@@ -172,7 +181,12 @@ class LoadWindow:
             for pid, (comm, _, cpu) in procs.items()
             if pid not in mine
         ]
-        top = tuple(sorted((u for u in used if u[2] >= 0.01), key=lambda u: -u[2])[:3])
+        top = tuple(
+            (_command(pid, comm), pid, cores)
+            for comm, pid, cores in sorted((u for u in used if u[2] >= 0.01), key=lambda u: -u[2])[
+                :3
+            ]
+        )
         self.load = Load(wall, max(0.0, busy - own) / wall, os.getloadavg()[0], top)
         return False
 
