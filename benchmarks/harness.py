@@ -230,7 +230,15 @@ def emit(seconds: Sequence[float], work: float, unit: str, **extra) -> None:
     threads = {"xla": len(os.sched_getaffinity(0))}
     if "torch" in sys.modules:
         threads["torch"] = sys.modules["torch"].get_num_threads()
-    line = dict(seconds=list(map(float, seconds)), work=work, unit=unit, threads=threads, **extra)
+    source = getattr(sys.modules.get("perception_rl"), "__file__", None)
+    line = dict(
+        seconds=list(map(float, seconds)),
+        work=work,
+        unit=unit,
+        threads=threads,
+        source=source and os.path.dirname(os.path.dirname(source)),
+        **extra,
+    )
     print(RESULT_TAG + json.dumps(line), flush=True)
 
 
@@ -248,6 +256,7 @@ class Side:
 
     name: str
     argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # extra environment variables of its workers
 
 
 @dataclasses.dataclass
@@ -286,8 +295,8 @@ def alternating_order(names: Sequence[str], rounds: int) -> list[str]:
     return order
 
 
-def worker_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
+def worker_env(threads: int, extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    env = {**os.environ, **dict(extra)}
     env.setdefault("JAX_PLATFORMS", "cpu")
     env.update(
         {
@@ -299,12 +308,14 @@ def worker_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_worker(argv: Sequence[str], threads: int, cpus: Sequence[int]) -> tuple[dict, Load]:
+def run_worker(
+    argv: Sequence[str], threads: int, cpus: Sequence[int], env: Sequence[tuple[str, str]] = ()
+) -> tuple[dict, Load]:
     """Runs one worker pinned to `cpus`; returns its result and the window's load."""
     with LoadWindow() as window:
         proc = subprocess.run(
             list(argv),
-            env=worker_env(threads),
+            env=worker_env(threads, env),
             capture_output=True,
             text=True,
             check=False,
@@ -361,7 +372,7 @@ def compare(
     log(f"idle check: other processes use {loads[0].other_cores:.2f} cores")
     order = alternating_order([s.name for s in sides], rounds)
     for i, name in enumerate(order):
-        result, load = run_worker(by_name[name].argv, threads, cpus)
+        result, load = run_worker(by_name[name].argv, threads, cpus, by_name[name].env)
         results[name].runs.append(result)
         loads.append(load)
         rate = result["work"] / statistics.median(result["seconds"])

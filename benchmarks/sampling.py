@@ -158,6 +158,13 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per worker")
     parser.add_argument("--skip-hf", action="store_true", help="only time our sampler")
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="REV",
+        help="A/B: time our sampler at git revision REV (its perception_rl/ exported to a temp "
+        "dir) against the working tree, instead of HF generate",
+    )
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
     harness.add_arguments(parser)
     args = parser.parse_args()
@@ -172,7 +179,11 @@ def main():
         ]
         me = (sys.executable, os.path.abspath(__file__))
         sides = [harness.Side("ours", (*me, "--worker", "ours", *common))]
-        if not args.skip_hf:
+        if args.against:
+            tree = export_revision(args.against, path)
+            env = (("PYTHONPATH", tree),)
+            sides.append(harness.Side(args.against, (*me, "--worker", "ours", *common), env))
+        elif not args.skip_hf:
             sides.append(harness.Side("hf", (*me, "--worker", "hf", *common)))
         report = harness.compare(
             sides, rounds=args.rounds, threads=args.threads, max_other_cores=args.max_other_cores
@@ -183,9 +194,23 @@ def main():
         f"batch {args.batch}, {args.new_tokens} new tokens, prompt length "
         f"{ours[0]['prompt_length']}, temperature 1.0, top-k 50, top-p 0.9"
     )
-    harness.finish(
-        report, baseline=None if args.skip_hf else "hf", strict=args.strict, extra=roofline(ours)
-    )
+    baseline = args.against or (None if args.skip_hf else "hf")
+    extra = [f"  {side.name}: perception_rl from {side.runs[0]['source']}" for side in report.sides]
+    harness.finish(report, baseline=baseline, strict=args.strict, extra=extra + roofline(ours))
+
+
+def export_revision(rev: str, into: str) -> str:
+    """`perception_rl/` at git revision `rev`, exported under `into`; returns the tree root."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = os.path.join(into, "against")
+    os.makedirs(tree)
+    archive = subprocess.run(
+        ["git", "-C", root, "archive", rev, "perception_rl"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return tree
 
 
 if __name__ == "__main__":
