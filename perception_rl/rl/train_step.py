@@ -208,7 +208,7 @@ def prompt_states(
 
     Returns:
         {"last_hidden": [B, H] final hidden state of the last prompt position (it predicts the
-        first completion token), "kv": per layer {"k", "v"} [B, P, kv_heads, head_dim]}.
+        first completion token), "kv": per layer {"k", "v"} [B, kv_heads, P, head_dim]}.
     """
     mask = prompts["attention_mask"]
     cache = model.init_cache(mask.shape[0], mask.shape[1])
@@ -242,7 +242,8 @@ def completion_logprobs(
 
     Args:
         model: the merged policy.
-        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv [R, P, ...].
+        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv [R, kv_heads,
+            P, head_dim].
         rows: prompt_mask [R, P], prompt_positions [R, 3, P], tokens [R, T], mask [R, T].
         config: chunk size, temperature and remat.
         with_entropy: also return the per-token entropy [R, T].
@@ -257,7 +258,7 @@ def completion_logprobs(
     slot = jnp.arange(prompt_length + length)
     causal = slot[None, :] <= prompt_length + jnp.arange(length)[:, None]  # [T, P + T]
     cache = [
-        jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, length), (0, 0), (0, 0))), layer)
+        jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, length), (0, 0))), layer)
         for layer in prefix["kv"]
     ]
     hidden, _ = model.model(
