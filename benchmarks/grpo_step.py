@@ -35,7 +35,9 @@ import jax
 import numpy as np
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)  # `configs` and `benchmarks` live at the repository root
+# `configs` and this tree's `perception_rl` live at the repository root; appended, so an A/B
+# worker's PYTHONPATH (another revision's perception_rl) still comes first.
+sys.path.append(_ROOT)
 sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
 
 import harness
@@ -311,14 +313,23 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="timed steps per worker")
     parser.add_argument("--image-size", type=int, default=112, help="image side (bench: 112)")
     parser.add_argument("--skip-trl", action="store_true", help="only time our step")
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="REV",
+        help="A/B: time our step at git revision REV (its perception_rl/ exported to a temp "
+        "dir) against the working tree, instead of TRL",
+    )
     parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
     harness.add_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         worker = {"ours": worker_ours, "trl": worker_trl}[args.worker]
         return worker(args.checkpoint, args.prompts, args.steps, args.image_size)
-    with_trl = not args.skip_trl and importlib.util.find_spec("trl") is not None
-    if not args.skip_trl and not with_trl:  # keep our measurement; say what the peer needs
+    with_trl = not (args.skip_trl or args.against) and importlib.util.find_spec("trl") is not None
+    if (
+        not (args.skip_trl or args.against) and not with_trl
+    ):  # keep our measurement; say what the peer needs
         print("TRL side skipped (trl is not installed); pip install -e '.[bench]' to compare.")
     with tempfile.TemporaryDirectory() as path:
         build_bench_checkpoint(path)
@@ -328,7 +339,10 @@ def main():
         ]
         me = (sys.executable, os.path.abspath(__file__))
         sides = [harness.Side("ours", (*me, "--worker", "ours", *common))]
-        if with_trl:
+        if args.against:
+            env = (("PYTHONPATH", harness.export_revision(args.against, path)),)
+            sides.append(harness.Side(args.against, (*me, "--worker", "ours", *common), env))
+        elif with_trl:
             sides.append(harness.Side("trl", (*me, "--worker", "trl", *common)))
         report = harness.compare(
             sides, rounds=args.rounds, threads=args.threads, max_other_cores=args.max_other_cores
@@ -342,9 +356,9 @@ def main():
         f"step: {args.prompts} prompt(s) with a {args.image_size} px image x G={GROUP} = "
         f"{args.prompts * GROUP} completions x {NEW_TOKENS} tokens, beta 0.04, mu 1"
     )
-    harness.finish(
-        report, baseline="trl" if with_trl else None, strict=args.strict, extra=roofline(ours)
-    )
+    baseline = args.against or ("trl" if with_trl else None)
+    extra = [f"  {side.name}: perception_rl from {side.runs[0]['source']}" for side in report.sides]
+    harness.finish(report, baseline=baseline, strict=args.strict, extra=extra + roofline(ours))
 
 
 if __name__ == "__main__":

@@ -328,6 +328,19 @@ def run_worker(
     return parse_result(proc.stdout), window.load
 
 
+def export_revision(rev: str, into: str) -> str:
+    """`perception_rl/` at git revision `rev`, exported under `into`: a tree to put first on a
+    worker's PYTHONPATH for an A/B of two versions of our code. Returns the tree's root."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = os.path.join(into, "against")
+    os.makedirs(tree)
+    archive = subprocess.run(
+        ["git", "-C", root, "archive", rev, "perception_rl"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+    return tree
+
+
 def command_line() -> str:
     """The command that produced the figure, with the commit it ran at."""
     cmd = shlex.join(["python", *sys.argv])

@@ -28,11 +28,14 @@ import time
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)  # harness, however this file is loaded
+sys.path.append(os.path.dirname(_HERE))  # this tree's perception_rl over an editable install
+
+import harness
+
 from perception_rl import rewards
 from perception_rl.rewards.detection import COCO_CLASSES
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness
 
 
 def make_batch(num_prompts: int, group_size: int, boxes: int, seed: int = 0):

@@ -25,6 +25,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# This tree's perception_rl (over an editable install of another checkout); appended, so an A/B
+# worker's PYTHONPATH (another revision's perception_rl) still comes first.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import harness
 from bench_models import bench_prompts, build_bench_checkpoint
@@ -180,7 +183,7 @@ def main():
         me = (sys.executable, os.path.abspath(__file__))
         sides = [harness.Side("ours", (*me, "--worker", "ours", *common))]
         if args.against:
-            tree = export_revision(args.against, path)
+            tree = harness.export_revision(args.against, path)
             env = (("PYTHONPATH", tree),)
             sides.append(harness.Side(args.against, (*me, "--worker", "ours", *common), env))
         elif not args.skip_hf:
@@ -197,20 +200,6 @@ def main():
     baseline = args.against or (None if args.skip_hf else "hf")
     extra = [f"  {side.name}: perception_rl from {side.runs[0]['source']}" for side in report.sides]
     harness.finish(report, baseline=baseline, strict=args.strict, extra=extra + roofline(ours))
-
-
-def export_revision(rev: str, into: str) -> str:
-    """`perception_rl/` at git revision `rev`, exported under `into`; returns the tree root."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    tree = os.path.join(into, "against")
-    os.makedirs(tree)
-    archive = subprocess.run(
-        ["git", "-C", root, "archive", rev, "perception_rl"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
-    return tree
 
 
 if __name__ == "__main__":
