@@ -114,3 +114,9 @@ def test_own_cpu_time_includes_reaped_children(tmp_path):
     before = harness._own_cpu_seconds()
     assert os.system(f"{sys.executable} {script}") == 0
     assert harness._own_cpu_seconds() - before >= 0.3  # CPU time, not wall time
+
+
+def test_export_revision_gives_an_importable_tree(tmp_path):
+    tree = harness.export_revision("HEAD", str(tmp_path))
+    assert (pathlib.Path(tree) / "perception_rl" / "sampling" / "sampler.py").is_file()
+    assert not (pathlib.Path(tree) / "tests").exists()  # only the package
