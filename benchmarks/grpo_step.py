@@ -344,7 +344,8 @@ def main():
             *("--image-size", str(args.image_size)),
         ]
         me = (sys.executable, os.path.abspath(__file__))
-        sides = [harness.Side("ours", (*me, "--worker", "ours", *common))]
+        ours_env = (("PYTHONPATH", harness.snapshot_tree(path)),) if args.against else ()
+        sides = [harness.Side("ours", (*me, "--worker", "ours", *common), ours_env)]
         if args.against:
             env = (("PYTHONPATH", harness.export_revision(args.against, path)),)
             sides.append(harness.Side(args.against, (*me, "--worker", "ours", *common), env))

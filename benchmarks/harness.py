@@ -341,6 +341,21 @@ def export_revision(rev: str, into: str) -> str:
     return tree
 
 
+def snapshot_tree(into: str) -> str:
+    """A copy of this working tree's `perception_rl/` under `into`, so an A/B's "ours" side
+    measures the code as it was when the benchmark started, whatever is edited meanwhile."""
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = os.path.join(into, "ours")
+    shutil.copytree(
+        os.path.join(root, "perception_rl"),
+        os.path.join(tree, "perception_rl"),
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return tree
+
+
 def command_line() -> str:
     """The command that produced the figure, with the commit it ran at."""
     cmd = shlex.join(["python", *sys.argv])

@@ -181,7 +181,8 @@ def main():
             *("--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)),
         ]
         me = (sys.executable, os.path.abspath(__file__))
-        sides = [harness.Side("ours", (*me, "--worker", "ours", *common))]
+        ours_env = (("PYTHONPATH", harness.snapshot_tree(path)),) if args.against else ()
+        sides = [harness.Side("ours", (*me, "--worker", "ours", *common), ours_env)]
         if args.against:
             tree = harness.export_revision(args.against, path)
             env = (("PYTHONPATH", tree),)

@@ -120,3 +120,9 @@ def test_export_revision_gives_an_importable_tree(tmp_path):
     tree = harness.export_revision("HEAD", str(tmp_path))
     assert (pathlib.Path(tree) / "perception_rl" / "sampling" / "sampler.py").is_file()
     assert not (pathlib.Path(tree) / "tests").exists()  # only the package
+
+
+def test_snapshot_tree_copies_the_working_package(tmp_path):
+    tree = pathlib.Path(harness.snapshot_tree(str(tmp_path)))
+    assert (tree / "perception_rl" / "sampling" / "sampler.py").is_file()
+    assert not list(tree.rglob("__pycache__"))
