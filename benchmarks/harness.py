@@ -397,7 +397,10 @@ def compare(
     results = {s.name: SideResult(s.name) for s in sides}
     by_name = {s.name: s for s in sides}
     loads = [idle_load(idle_seconds)]
-    log(f"idle check: other processes use {loads[0].other_cores:.2f} cores")
+    log(
+        f"idle check: other processes use {loads[0].other_cores:.2f} cores "
+        f"(1-min load average {loads[0].loadavg:.2f})"
+    )
     order = alternating_order([s.name for s in sides], rounds)
     for i, name in enumerate(order):
         result, load = run_worker(by_name[name].argv, threads, cpus, by_name[name].env)
@@ -406,7 +409,8 @@ def compare(
         rate = result["work"] / statistics.median(result["seconds"])
         log(
             f"  [{i + 1}/{len(order)}] {name}: median {rate:.1f} {result['unit']}/s; "
-            f"other work {load.other_cores:.2f} cores over {load.wall:.0f} s"
+            f"other work {load.other_cores:.2f} cores over {load.wall:.0f} s "
+            f"(1-min load average {load.loadavg:.2f}, ours included)"
         )
     reasons = contended(loads, max_other_cores)
     for side in results.values():
