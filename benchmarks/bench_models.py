@@ -20,39 +20,35 @@ def build_bench_checkpoint(path: str, seed: int = 0) -> str:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = dict(TINY_TOKEN_IDS)
-    text = {
-        "vocab_size": 1024,
-        "hidden_size": 512,
-        "intermediate_size": 1024,
-        "num_hidden_layers": 8,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 4096,
-        "rope_parameters": {
-            "rope_type": "default",
-            "mrope_section": [16, 24, 24],
-            "rope_theta": 1e6,
-        },
-        "bos_token_id": ids.pop("bos_token_id"),
-        "eos_token_id": ids.pop("eos_token_id"),
-        "pad_token_id": ids.pop("pad_token_id"),
-    }
-    vision = {
-        "depth": 4,
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "out_hidden_size": 512,
-        "num_heads": 2,
-        "hidden_act": "silu",
-        "patch_size": 14,
-        "temporal_patch_size": 2,
-        "spatial_merge_size": 2,
-        "in_channels": 3,
-        "window_size": 56,
-        "fullatt_block_indexes": [3],
-        "tokens_per_second": 2,
-    }
+    text = dict(
+        vocab_size=1024,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+        bos_token_id=ids.pop("bos_token_id"),
+        eos_token_id=ids.pop("eos_token_id"),
+        pad_token_id=ids.pop("pad_token_id"),
+    )
+    vision = dict(
+        depth=4,
+        hidden_size=256,
+        intermediate_size=512,
+        out_hidden_size=512,
+        num_heads=2,
+        hidden_act="silu",
+        patch_size=14,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        in_channels=3,
+        window_size=56,
+        fullatt_block_indexes=[3],
+        tokens_per_second=2,
+    )
     config = Qwen2_5_VLConfig(
         text_config=text, vision_config=vision, tie_word_embeddings=True, **ids
     )
