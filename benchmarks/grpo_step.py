@@ -1,6 +1,7 @@
 """One full GRPO step (rollouts + rewards + update): ours vs TRL's GRPOTrainer, same weights.
 
-  python benchmarks/grpo_step.py [--prompts 1] [--steps 3] [--image-size 112] [--skip-trl]
+  python benchmarks/grpo_step.py [--prompts 1] [--steps 3] [--image-size 112] [--rounds 3]
+                                 [--threads N] [--strict] [--skip-trl]
 
 Both sides train the bench checkpoint (`bench_models.build_bench_checkpoint`: Qwen2.5-VL, 8 text
 layers of width 512, 4 vision blocks, tiny tokenizer) on the same prompts (`bench_prompts`: a
@@ -9,30 +10,37 @@ prompt of exactly 64 tokens (EOS disabled on both sides so the counts match), te
 top-k 50, top-p 0.9; the counting reward on the same targets; GRPO advantages; a frozen
 reference model with β = 0.04 (k3); one update per batch; Perception-R1's loss (mean over
 sequences of token means); AdamW lr 1e-6 with grad-norm clip 1.0; float32, no gradient
-checkpointing. Each side runs one warm-up step (our compilation, TRL's first-call overheads),
-then `--steps` timed steps; completions/s = completions per step / mean step time.
+checkpointing. Each side runs in its own worker process (`benchmarks/harness.py`), alternately
+for `--rounds` rounds on the same CPUs and thread count; each worker runs one warm-up step (our
+compilation, TRL's first-call overheads), then `--steps` timed steps; completions/s =
+completions per step / step time, min / median / max over all timed steps of all rounds.
 
-Also reported: our update's achieved FLOP/s — XLA's cost analysis of the compiled
-reference-log-prob and update programs divided by their measured time — as a fraction of the
-machine's fp32 matmul peak, measured here with a jitted 2048×2048 `jnp.dot`.
+Our step is also timed by part: rollouts (sampling + rewards + advantages), reference
+log-probs, update; with a roofline of the last two (FLOPs and bytes from XLA's cost analysis of
+the compiled programs) against the matmul peak and copy bandwidth measured in the same worker.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _ROOT)  # `configs` and `benchmarks` live at the repository root
+# `configs` and this tree's `perception_rl` live at the repository root; appended, so an A/B
+# worker's PYTHONPATH (another revision's perception_rl) still comes first.
+sys.path.append(_ROOT)
+sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
 
+import harness
 from bench_models import bench_prompts, build_bench_checkpoint
 
 from configs import common
@@ -106,14 +114,9 @@ def bench_config(path: str, num_prompts: int):
     return config
 
 
-def _flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-    return float(analysis.get("flops", 0.0))
-
-
-def time_ours(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
-    """Seconds per full step of our trainer, and the FLOP/s of its update programs."""
+def worker_ours(path: str, num_prompts: int, steps: int, image_size: int) -> None:
+    """Seconds per full step of our trainer; rollouts, reference log-probs and update apart."""
+    harness.set_torch_threads()
     config = bench_config(path, num_prompts)
     mesh = runtime.build_mesh(config)
     policy = policy_lib.load_policy(config, mesh)
@@ -135,7 +138,7 @@ def time_ours(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
     )
     collector = RolloutCollector(policy, iter(lambda: records, None), settings)
     step_fn = loop.make_train_step(
-        config, policy, mesh, trainer.step_config(config), config.optim, steps + 1
+        config, policy, mesh, trainer.step_config(config), config.optim, 2 * steps + 2
     )
     state, rng = step_fn.init_state(policy.params), jax.random.key(0)
     times = []
@@ -146,31 +149,41 @@ def time_ours(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
         )
         times.append(time.perf_counter() - start)
         assert metrics["completion/length_min"] == NEW_TOKENS
-    # The train step proper: reference log-probs + one update, timed alone on a fixed batch.
-    rollouts = collector.collect(state.params, jax.random.key(1), num_prompts)
-    placed = batch_lib.global_arrays(rollouts.batch, step_fn.batch_sharding)
-    placed["completions"]["ref_logps"] = step_fn.logprobs(policy.params, placed)
-    flops = _flops(step_fn.logprobs.lower(policy.params, placed).compile()) + _flops(
-        step_fn.update.lower(state, placed).compile()
-    )
-    update_times = []
-    for _ in range(steps):
+    # The parts of a step, each timed to completion on its own.
+    parts = {"rollouts": [], "ref_logps": [], "update": []}
+    for step in range(steps):
         start = time.perf_counter()
-        ref = step_fn.logprobs(policy.params, placed)
-        state, metrics = step_fn.update(
-            state, {**placed, "completions": {**placed["completions"], "ref_logps": ref}}
-        )
-        jax.block_until_ready(metrics)
-        update_times.append(time.perf_counter() - start)
-    return {
-        "step_s": float(np.mean(times[1:])),
-        "first_step_s": times[0],
-        "update_s": float(np.mean(update_times)),
-        "update_flops": flops,
+        rollouts = collector.collect(state.params, jax.random.key(100 + step), num_prompts)
+        placed = batch_lib.global_arrays(rollouts.batch, step_fn.batch_sharding)
+        jax.block_until_ready(placed)
+        sampled = time.perf_counter()
+        ref = jax.block_until_ready(step_fn.logprobs(policy.params, placed))
+        referenced = time.perf_counter()
+        placed["completions"]["ref_logps"] = ref
+        state, metrics = step_fn.update(state, placed)
+        jax.block_until_ready((state, metrics))
+        parts["rollouts"].append(sampled - start)
+        parts["ref_logps"].append(referenced - sampled)
+        parts["update"].append(time.perf_counter() - referenced)
+    costs = {
+        "ref_logps": harness.cost(step_fn.logprobs.lower(policy.params, placed).compile()),
+        "update": harness.cost(step_fn.update.lower(state, placed).compile()),
     }
+    harness.emit(
+        times[1:],
+        work=num_prompts * GROUP,
+        unit="completions",
+        first_step_s=times[0],
+        parts={k: statistics.median(v) for k, v in parts.items()},
+        costs=costs,
+        matmul_peak=harness.matmul_peak(),
+        bandwidth=harness.memory_bandwidth(),
+        jax=jax.__version__,
+        device=jax.devices()[0].device_kind,
+    )
 
 
-def time_trl(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
+def worker_trl(path: str, num_prompts: int, steps: int, image_size: int) -> None:
     """Seconds per step of TRL's GRPOTrainer with the same model, prompts and settings."""
     import torch
     from datasets import Dataset
@@ -182,6 +195,8 @@ def time_trl(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
         TrainerCallback,
     )
     from trl import GRPOConfig, GRPOTrainer
+
+    harness.set_torch_threads()
 
     class ImageOnlyProcessor(Qwen2_5_VLProcessor):
         """HF's processor without its video processor, which needs torchvision."""
@@ -264,66 +279,94 @@ def time_trl(path: str, num_prompts: int, steps: int, image_size: int) -> dict:
         if "completions/mean_length" in log
     ]
     assert min(lengths) == NEW_TOKENS, lengths
-    return {"step_s": float(np.mean(timer.times[1:])), "first_step_s": timer.times[0]}
+    harness.emit(
+        timer.times[1:],
+        work=num_prompts * GROUP,
+        unit="completions",
+        first_step_s=timer.times[0],
+        versions={m: sys.modules[m].__version__ for m in ("trl", "torch", "transformers")},
+    )
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Measured fp32 matmul FLOP/s of the default device (best of `repeats`)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(lambda x: x @ x)
-    dot(a).block_until_ready()
-    best = min(_timed(lambda: dot(a).block_until_ready()) for _ in range(repeats))
-    return 2 * n**3 / best
+def by_part(name: str, result: list[dict]) -> str:
+    """One side's step by part (medians over its rounds)."""
+    med = lambda get: statistics.median(get(r) for r in result)
+    parts = {k: med(lambda r, k=k: r["parts"][k]) for k in result[0]["parts"]}
+    return (
+        f"{name} by part (medians): "
+        + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
+        + f"; first step with compilation {med(lambda r: r['first_step_s']):.1f} s"
+    )
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def roofline(result: list[dict]) -> list[str]:
+    """Our reference log-probs and update against the machine's peaks."""
+    med = lambda get: statistics.median(get(r) for r in result)
+    peak, bandwidth = med(lambda r: r["matmul_peak"]), med(lambda r: r["bandwidth"])
+    parts = {k: med(lambda r, k=k: r["parts"][k]) for k in result[0]["parts"]}
+    lines = ["roofline of ours (FLOPs and bytes: XLA's cost analysis of the compiled programs):"]
+    for name in ("ref_logps", "update"):
+        cost = result[0]["costs"][name]
+        lines.append(
+            harness.roofline_line(name, cost["flops"], cost["bytes"], parts[name], peak, bandwidth)
+        )
+    return lines
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=1, help="prompts per step (x G = 8)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after a warm-up")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per worker")
     parser.add_argument("--image-size", type=int, default=112, help="image side (bench: 112)")
     parser.add_argument("--skip-trl", action="store_true", help="only time our step")
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="REV",
+        help="A/B: time our step at git revision REV (its perception_rl/ exported to a temp "
+        "dir) against the working tree, instead of TRL",
+    )
+    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    harness.add_arguments(parser)
     args = parser.parse_args()
-    completions = args.prompts * GROUP
+    if args.worker:
+        worker = {"ours": worker_ours, "trl": worker_trl}[args.worker]
+        return worker(args.checkpoint, args.prompts, args.steps, args.image_size)
+    with_trl = not (args.skip_trl or args.against) and importlib.util.find_spec("trl") is not None
+    if (
+        not (args.skip_trl or args.against) and not with_trl
+    ):  # keep our measurement; say what the peer needs
+        print("TRL side skipped (trl is not installed); pip install -e '.[bench]' to compare.")
     with tempfile.TemporaryDirectory() as path:
         build_bench_checkpoint(path)
-        ours = time_ours(path, args.prompts, args.steps, args.image_size)
-        peak = matmul_peak()
-        trl = None
-        if not args.skip_trl:
-            try:
-                trl = time_trl(path, args.prompts, args.steps, args.image_size)
-            except ImportError as e:  # keep our measurement; say what the peer needs
-                print(f"TRL side skipped ({e}); pip install -e '.[bench]' to compare.")
+        common = [
+            *("--checkpoint", path, "--prompts", str(args.prompts), "--steps", str(args.steps)),
+            *("--image-size", str(args.image_size)),
+        ]
+        me = (sys.executable, os.path.abspath(__file__))
+        ours_env = (("PYTHONPATH", harness.snapshot_tree(path)),) if args.against else ()
+        sides = [harness.Side("ours", (*me, "--worker", "ours", *common), ours_env)]
+        if args.against:
+            env = (("PYTHONPATH", harness.export_revision(args.against, path)),)
+            sides.append(harness.Side(args.against, (*me, "--worker", "ours", *common), env))
+        elif with_trl:
+            sides.append(harness.Side("trl", (*me, "--worker", "trl", *common)))
+        report = harness.compare(
+            sides, rounds=args.rounds, threads=args.threads, max_other_cores=args.max_other_cores
+        )
+    ours = report.sides[0].runs
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax {jax.__version__} on "
-        f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})"
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax {ours[0]['jax']} on "
+        f"{ours[0]['device']}" + (f"; {report.sides[1].runs[0]['versions']}" if with_trl else "")
     )
     print(
         f"step: {args.prompts} prompt(s) with a {args.image_size} px image x G={GROUP} = "
-        f"{completions} completions x {NEW_TOKENS} tokens, beta 0.04, mu 1"
+        f"{args.prompts * GROUP} completions x {NEW_TOKENS} tokens, beta 0.04, mu 1"
     )
-    print(
-        f"ours: {completions / ours['step_s']:8.2f} completions/s ({ours['step_s']:.3f} s/step;"
-        f" first step with compilation {ours['first_step_s']:.1f} s)"
-    )
-    if trl is not None:
-        print(
-            f"TRL GRPOTrainer: {completions / trl['step_s']:8.2f} completions/s "
-            f"({trl['step_s']:.3f} s/step)"
-        )
-        print(f"ratio: {trl['step_s'] / ours['step_s']:.1f}x TRL's completions/s")
-    achieved = ours["update_flops"] / ours["update_s"]
-    print(
-        f"train step (ref log-probs + update): {ours['update_flops'] / 1e9:.2f} GFLOP in "
-        f"{ours['update_s'] * 1e3:.1f} ms = {achieved / 1e9:.1f} GFLOP/s; fp32 matmul peak "
-        f"{peak / 1e9:.1f} GFLOP/s; MFU {achieved / peak:.1%}"
-    )
+    baseline = args.against or ("trl" if with_trl else None)
+    extra = [f"  {side.name}: perception_rl from {side.runs[0]['source']}" for side in report.sides]
+    extra += [by_part(side.name, side.runs) for side in report.sides if "parts" in side.runs[0]]
+    harness.finish(report, baseline=baseline, strict=args.strict, extra=extra + roofline(ours))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """Detection reward: batched library path vs a per-completion plain-Python implementation.
 
     python benchmarks/rewards.py [--completions 1024] [--group-size 8] [--boxes 20]
+                                 [--repeats 5] [--rounds 3] [--threads N] [--strict]
 
 Both paths score the same generated completions (~20 predicted boxes each, against ~20
 ground-truth boxes per prompt). The baseline is written the way Perception-R1 scores detection,
 one completion at a time: parse the JSON, build the DETR cost matrix, Hungarian-match with
 scipy, filter at IoU > 0.5 and add up the terms (in plain Python floats instead of PR1's small
-torch tensors). A per-completion numpy variant is timed too, for context. Prints the times
-(best of --repeats interleaved rounds, after one warm-up call that compiles the jitted code),
-the ratios and the largest absolute difference between the paths' rewards.
+torch tensors). A per-completion numpy variant is timed too, for context. Each path runs in its
+own worker process (`benchmarks/harness.py`), alternately for `--rounds` rounds on the same CPUs,
+each timing `--repeats` calls after one warm-up call (which compiles the jitted code). Prints
+min / median / max completions/s per path, the ratios of medians, whether other work shared the
+machine, and the largest absolute difference between the paths' rewards. No roofline: the time
+goes to host-side JSON parsing and Hungarian matching; the jitted part's FLOPs are negligible.
 """
 
 from __future__ import annotations
@@ -16,10 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import statistics
+import sys
 import time
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)  # harness, however this file is loaded
+sys.path.append(os.path.dirname(_HERE))  # this tree's perception_rl over an editable install
+
+import harness
 
 from perception_rl import rewards
 from perception_rl.rewards.detection import COCO_CLASSES
@@ -172,16 +185,32 @@ def numpy_detection_reward(text: str, target: dict) -> float:
     return float(np.clip(reward, 0.0, 3.0))
 
 
-def _best_times(fns: dict, repeats: int) -> tuple[dict, dict]:
-    """Min wall time of each function over ``repeats`` interleaved rounds (so background load
-    hits every path alike), and each function's last output."""
-    best, outs = {k: float("inf") for k in fns}, {}
+PATHS = {
+    "batched": "rewards.score (batched, jitted)",
+    "python": "per-completion Python",
+    "numpy": "per-completion numpy",
+}
+
+
+def worker(path: str, completions: int, group_size: int, boxes: int, repeats: int) -> None:
+    harness.set_torch_threads()
+    texts, targets = make_batch(completions // group_size, group_size, boxes)
+    per_completion = [t for t in targets for _ in range(group_size)]
+    fn = {
+        "batched": lambda: rewards.score("detection", texts, targets, group_size=group_size),
+        "python": lambda: [python_detection_reward(c, t) for c, t in zip(texts, per_completion)],
+        "numpy": lambda: [numpy_detection_reward(c, t) for c, t in zip(texts, per_completion)],
+    }[path]
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    times = []
     for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            outs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best, outs
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    values = np.asarray(out, np.float64).tolist()
+    harness.emit(times, work=len(texts), unit="completions", first_s=first, rewards=values)
 
 
 def main() -> None:
@@ -189,45 +218,35 @@ def main() -> None:
     parser.add_argument("--completions", type=int, default=1024)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--boxes", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per worker")
+    harness.add_arguments(parser)
     args = parser.parse_args()
-    g = args.group_size
-    completions, targets = make_batch(args.completions // g, g, args.boxes)
-    per_completion = [t for t in targets for _ in range(g)]
-
-    def batched():
-        return rewards.score("detection", completions, targets, group_size=g)
-
-    start = time.perf_counter()
-    batched()
-    compile_s = time.perf_counter() - start
-    times, outs = _best_times(
-        {
-            "batched": batched,
-            "python": lambda: np.array(
-                [python_detection_reward(c, t) for c, t in zip(completions, per_completion)]
-            ),
-            "numpy": lambda: np.array(
-                [numpy_detection_reward(c, t) for c, t in zip(completions, per_completion)]
-            ),
-        },
-        args.repeats,
+    sizes = [str(v) for v in (args.completions, args.group_size, args.boxes, args.repeats)]
+    if args.worker:
+        return worker(args.worker, *map(int, sizes))
+    common = [
+        *("--completions", sizes[0], "--group-size", sizes[1]),
+        *("--boxes", sizes[2], "--repeats", sizes[3]),
+    ]
+    me = (sys.executable, os.path.abspath(__file__))
+    sides = [harness.Side(name, (*me, "--worker", name, *common)) for name in PATHS]
+    report = harness.compare(
+        sides, rounds=args.rounds, threads=args.threads, max_other_cores=args.max_other_cores
     )
-    ours = outs["batched"]
-    print(
-        f"detection reward, {len(completions)} completions, ~{args.boxes} boxes each "
-        f"(G={g}, mean reward {ours.mean():.4f}); best of {args.repeats} runs"
-    )
-    print(
-        f"  batched (rewards.score) : {times['batched'] * 1e3:8.1f} ms   (first call incl. "
-        f"compile {compile_s * 1e3:.0f} ms)"
-    )
-    for name, label in (("python", "per-completion Python"), ("numpy", "per-completion numpy ")):
-        print(
-            f"  {label}   : {times[name] * 1e3:8.1f} ms   ratio "
-            f"{times[name] / times['batched']:5.1f}x   max |diff| "
-            f"{np.abs(ours - outs[name]).max():.1e}"
+    runs = {side.name: side.runs for side in report.sides}
+    ours = np.asarray(runs["batched"][0]["rewards"])
+    first = statistics.median(r["first_s"] for r in runs["batched"])
+    extra = [
+        (
+            f"detection reward, {args.completions} completions, ~{args.boxes} boxes each "
+            f"(G={args.group_size}, mean reward {ours.mean():.4f}); batched first call incl. "
+            f"compile {first * 1e3:.0f} ms"
         )
+    ]
+    for name in ("python", "numpy"):
+        diff = np.abs(ours - np.asarray(runs[name][0]["rewards"])).max()
+        extra.append(f"  {PATHS[name]}: max |reward - batched| {diff:.1e}")
+    harness.finish(report, baseline="python", strict=args.strict, extra=extra)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,17 @@
 """Rollout throughput: our jitted sampler vs HF `generate`, same weights, prompts, settings.
 
-  python benchmarks/sampling.py [--batch 16] [--new-tokens 128] [--repeats 3]
+  python benchmarks/sampling.py [--batch 16] [--new-tokens 128] [--repeats 3] [--rounds 3]
+                                [--threads N] [--strict] [--skip-hf]
 
 Both sample with temperature 1.0, top-k 50, top-p 0.9 and generate exactly `--new-tokens`
 tokens per row (HF: min_new_tokens = max_new_tokens; ours: no EOS), so the counts match.
-Prints new tokens/s of each and the ratio. Compilation is excluded (one warm-up run each).
+Each side runs in its own worker process (`benchmarks/harness.py`): alternately, `--rounds`
+rounds, pinned to the same `--threads` CPUs, each worker warming up once (compilation excluded)
+and timing `--repeats` runs. Prints min / median / max new tokens/s per side, the ratio of
+medians, whether other work shared the machine (CONTENDED figures are not measurements), and a
+roofline of our prefill and decode: achieved FLOP/s and bytes/s (XLA's cost analysis of the
+compiled programs; the decode program's while body counted once per generated token) against
+the matmul peak and copy bandwidth measured in the same worker.
 """
 
 from __future__ import annotations
@@ -12,26 +19,35 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
+import sys
 import tempfile
 import time
 
-import jax
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# This tree's perception_rl (over an editable install of another checkout); appended, so an A/B
+# worker's PYTHONPATH (another revision's perception_rl) still comes first.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import harness
 from bench_models import bench_prompts, build_bench_checkpoint
 
-from perception_rl.models import from_pretrained
-from perception_rl.sampling import generate
+SETTINGS = {"temperature": 1.0, "top_k": 50, "top_p": 0.9}
 
 
-def time_ours(model, batch, new_tokens, repeats):
+def worker_ours(path: str, batch_size: int, new_tokens: int, repeats: int) -> None:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from perception_rl.models import from_pretrained
+    from perception_rl.sampling import generate, sampler
+
+    harness.set_torch_threads()
+    model = from_pretrained(path)
+    batch = bench_prompts(path, batch_size)
     run = lambda seed: generate(
-        model,
-        batch,
-        max_new_tokens=new_tokens,
-        key=jax.random.key(seed),
-        temperature=1.0,
-        top_k=50,
-        top_p=0.9,
-        eos_ids=(),
+        model, batch, max_new_tokens=new_tokens, key=jax.random.key(seed), eos_ids=(), **SETTINGS
     )
     run(0)  # compile
     times = []
@@ -40,13 +56,64 @@ def time_ours(model, batch, new_tokens, repeats):
         out = run(r + 1)
         times.append(time.perf_counter() - start)
     assert out.tokens.shape[1] == new_tokens and (out.lengths == new_tokens).all()
-    return min(times)
+
+    # Roofline: prefill and decode programs timed apart, costed by XLA.
+    graphdef, state = nnx.split(model)
+    prompt = sampler.pad_prompt_batch(batch, model.config)
+    length = prompt["input_ids"].shape[1]
+    prefill_kw = {"cache_size": length + new_tokens, "num_samples": 1}
+    decode_kw = {
+        "prompt_length": length,
+        "max_new_tokens": new_tokens,
+        "eos_ids": (),
+        "pad_id": 0,
+        "repetition_penalty": 1.0,
+        "temperature": SETTINGS["temperature"],
+        "top_k": SETTINGS["top_k"],
+    }
+    top_p = jnp.float32(SETTINGS["top_p"])
+    prefill_cost = harness.cost(
+        sampler._prefill.lower(graphdef, state, prompt, **prefill_kw).compile()
+    )
+    prefill_s, decode_s = [], []
+    for r in range(repeats + 1):
+        start = time.perf_counter()
+        carry = jax.block_until_ready(sampler._prefill(graphdef, state, prompt, **prefill_kw))
+        middle = time.perf_counter()
+        args = (graphdef, state, *carry, jax.random.key(r), top_p, None)
+        if r == 0:
+            decode_cost = harness.cost(sampler._decode.lower(*args, **decode_kw).compile())
+        jax.block_until_ready(sampler._decode(*args, **decode_kw))
+        if r:  # the first round compiles
+            prefill_s.append(middle - start)
+            decode_s.append(time.perf_counter() - middle)
+    # The least a decode step must read from memory: the text weights and the whole KV cache.
+    text_bytes = sum(x.nbytes for x in jax.tree.leaves(state)) - sum(
+        x.nbytes for x in jax.tree.leaves(state["visual"])
+    )
+    cache_bytes = sum(x.nbytes for x in jax.tree.leaves(carry[0]))
+    harness.emit(
+        times,
+        work=batch_size * new_tokens,
+        unit="new tok",
+        prompt_length=int(length),
+        prefill_s=statistics.median(prefill_s),
+        decode_s=statistics.median(decode_s),
+        prefill_cost=prefill_cost,
+        decode_cost={k: v * new_tokens for k, v in decode_cost.items()},
+        decode_min_bytes=float(new_tokens * (text_bytes + cache_bytes)),
+        matmul_peak=harness.matmul_peak(),
+        bandwidth=harness.memory_bandwidth(),
+        jax=jax.__version__,
+    )
 
 
-def time_hf(path, batch, new_tokens, repeats):
+def worker_hf(path: str, batch_size: int, new_tokens: int, repeats: int) -> None:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    harness.set_torch_threads()
+    batch = bench_prompts(path, batch_size)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
     inputs = {
         k: torch.as_tensor(batch[k])
@@ -55,14 +122,7 @@ def time_hf(path, batch, new_tokens, repeats):
     for k in ("input_ids", "attention_mask", "image_grid_thw"):  # HF wants int64 ids
         inputs[k] = inputs[k].long()
     inputs["mm_token_type_ids"] = (inputs["input_ids"] == model.config.image_token_id).long()
-    kw = dict(
-        do_sample=True,
-        temperature=1.0,
-        top_k=50,
-        top_p=0.9,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-    )
+    kw = dict(do_sample=True, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **SETTINGS)
     times = []
     with torch.no_grad():
         model.generate(**inputs, **kw)  # warm-up
@@ -71,35 +131,76 @@ def time_hf(path, batch, new_tokens, repeats):
             out = model.generate(**inputs, **kw)
             times.append(time.perf_counter() - start)
     assert out.shape[1] - inputs["input_ids"].shape[1] == new_tokens
-    return min(times)
+    harness.emit(times, work=batch_size * new_tokens, unit="new tok", torch=torch.__version__)
+
+
+def roofline(result: list[dict]) -> list[str]:
+    """Our prefill and decode against the matmul peak and bandwidth (medians over rounds)."""
+    med = lambda key: statistics.median(r[key] for r in result)
+    peak, bandwidth = med("matmul_peak"), med("bandwidth")
+    lines = [
+        (
+            "roofline of ours (FLOPs and bytes: XLA's cost analysis of the compiled programs, whose"
+            " bytes count every op's operands, cache hits included; 'decode, least bytes': the text"
+            " weights and the whole KV cache read once per token, analytic):"
+        )
+    ]
+    for name, key in (("prefill", None), ("decode", None), ("decode, least bytes", "min")):
+        stage = name.split(",")[0]
+        cost = result[0][f"{stage}_cost"]
+        nbytes = result[0]["decode_min_bytes"] if key else cost["bytes"]
+        lines.append(
+            harness.roofline_line(name, cost["flops"], nbytes, med(f"{stage}_s"), peak, bandwidth)
+        )
+    return lines
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per worker")
     parser.add_argument("--skip-hf", action="store_true", help="only time our sampler")
+    parser.add_argument(
+        "--against",
+        default=None,
+        metavar="REV",
+        help="A/B: time our sampler at git revision REV (its perception_rl/ exported to a temp "
+        "dir) against the working tree, instead of HF generate",
+    )
+    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
+    harness.add_arguments(parser)
     args = parser.parse_args()
+    if args.worker:
+        worker = {"ours": worker_ours, "hf": worker_hf}[args.worker]
+        return worker(args.checkpoint, args.batch, args.new_tokens, args.repeats)
     with tempfile.TemporaryDirectory() as path:
         build_bench_checkpoint(path)
-        batch = bench_prompts(path, args.batch)
-        model = from_pretrained(path)
-        tokens = args.batch * args.new_tokens
-        ours = time_ours(model, batch, args.new_tokens, args.repeats)
-        print(
-            f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax {jax.__version__} "
-            f"on {jax.devices()[0].platform}"
+        common = [
+            *("--checkpoint", path, "--batch", str(args.batch)),
+            *("--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)),
+        ]
+        me = (sys.executable, os.path.abspath(__file__))
+        ours_env = (("PYTHONPATH", harness.snapshot_tree(path)),) if args.against else ()
+        sides = [harness.Side("ours", (*me, "--worker", "ours", *common), ours_env)]
+        if args.against:
+            tree = harness.export_revision(args.against, path)
+            env = (("PYTHONPATH", tree),)
+            sides.append(harness.Side(args.against, (*me, "--worker", "ours", *common), env))
+        elif not args.skip_hf:
+            sides.append(harness.Side("hf", (*me, "--worker", "hf", *common)))
+        report = harness.compare(
+            sides, rounds=args.rounds, threads=args.threads, max_other_cores=args.max_other_cores
         )
-        print(
-            f"batch {args.batch}, {args.new_tokens} new tokens, prompt length "
-            f"{batch['input_ids'].shape[1]}"
-        )
-        print(f"ours: {tokens / ours:9.1f} new tokens/s ({ours:.3f} s)")
-        if not args.skip_hf:
-            hf = time_hf(path, batch, args.new_tokens, args.repeats)
-            print(f"HF generate: {tokens / hf:9.1f} new tokens/s ({hf:.3f} s)")
-            print(f"ratio (ours / HF): {hf / ours:.2f}x")
+    ours = report.sides[0].runs
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax {ours[0]['jax']}; "
+        f"batch {args.batch}, {args.new_tokens} new tokens, prompt length "
+        f"{ours[0]['prompt_length']}, temperature 1.0, top-k 50, top-p 0.9"
+    )
+    baseline = args.against or (None if args.skip_hf else "hf")
+    extra = [f"  {side.name}: perception_rl from {side.runs[0]['source']}" for side in report.sides]
+    harness.finish(report, baseline=baseline, strict=args.strict, extra=extra + roofline(ours))
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def prompt_states(
 
     Returns:
         {"last_hidden": [B, H] final hidden state of the last prompt position (it predicts the
-        first completion token), "kv": per layer {"k", "v"} [B, P, kv_heads, head_dim]}.
+        first completion token), "kv": per layer {"k", "v"} [B, kv_heads, P, head_dim]}.
     """
     mask = prompts["attention_mask"]
     cache = model.init_cache(mask.shape[0], mask.shape[1])
@@ -236,7 +236,8 @@ def completion_logprobs(
 
     Args:
         model: the merged policy.
-        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv [R, P, ...].
+        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv [R, kv_heads,
+            P, head_dim].
         rows: prompt_mask [R, P], prompt_positions [R, 3, P], tokens [R, T], mask [R, T].
         config: chunk size, temperature and remat.
         with_entropy: also return the per-token entropy [R, T].
@@ -251,7 +252,7 @@ def completion_logprobs(
     slot = jnp.arange(prompt_length + length)
     causal = slot[None, :] <= prompt_length + jnp.arange(length)[:, None]  # [T, P + T]
     cache = [
-        jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, length), (0, 0), (0, 0))), layer)
+        jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, length), (0, 0))), layer)
         for layer in prefix["kv"]
     ]
     hidden, _ = model.model(
@@ -509,14 +510,22 @@ class TrainStep:
         grad_norm = optax.global_norm(grads)
         loss = terms.loss
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        # A skipped (non-finite) step keeps params and moments. As a `cond`, not a `where` over
+        # both results: with `where`, XLA kept the old Adam moments alive beside the new ones
+        # and copied both (2 × the parameters' bytes per update, 192 MB on the bench model).
+        def apply(params, opt_state):
+            updates, opt_state = self.optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        params, opt_state = jax.lax.cond(
+            finite, apply, lambda p, o: (p, o), state.params, state.opt_state
+        )
         new_state = TrainState(
             step=state.step + 1,
             skipped=state.skipped + (~finite).astype(jnp.int32),
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
+            params=params,
+            opt_state=opt_state,
         )
         metrics = {
             "loss": loss,

@@ -77,7 +77,7 @@ def remat_call(fn, remat: bool | str | None):
     return call
 
 
-def masked_attention(q, k, v, mask, query_chunk: int | None = None):
+def masked_attention(q, k, v, mask, query_chunk: int | None = None, *, heads_first: bool = False):
     """Softmax attention with a boolean mask; scores and softmax in float32.
 
     With `query_chunk`, queries are processed `query_chunk` at a time (a rematerialised
@@ -87,7 +87,8 @@ def masked_attention(q, k, v, mask, query_chunk: int | None = None):
 
     Args:
       q: [..., Lq, Hkv, R, D] queries, R query heads per key/value head (GQA).
-      k, v: [..., Lk, Hkv, D].
+      k, v: [..., Lk, Hkv, D], or [..., Hkv, Lk, D] with `heads_first` (the KV cache's layout:
+        the dot products then read the cache in place instead of transposing all of it).
       mask: boolean, broadcastable to [..., Hkv, R, Lq, Lk]; True = may attend.
       query_chunk: queries per chunk; None (or >= Lq) attends in one piece.
     Returns:
@@ -95,7 +96,7 @@ def masked_attention(q, k, v, mask, query_chunk: int | None = None):
     """
     length = q.shape[-4]
     if not query_chunk or length <= query_chunk:
-        return _attention(q, k, v, mask)
+        return _attention(q, k, v, mask, heads_first)
     n = -(-length // query_chunk)
     pad = n * query_chunk - length
     q = jnp.pad(q, [(0, 0)] * (q.ndim - 4) + [(0, pad), (0, 0), (0, 0), (0, 0)])
@@ -106,18 +107,23 @@ def masked_attention(q, k, v, mask, query_chunk: int | None = None):
         mask = jnp.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(0, pad), (0, 0)])
         masks = mask.reshape(*mask.shape[:-2], n, query_chunk, mask.shape[-1])
         masks = jnp.moveaxis(masks, -3, 0)
-    chunk = jax.checkpoint(lambda args: _attention(args[0], k, v, args[1]))
+    chunk = jax.checkpoint(lambda args: _attention(args[0], k, v, args[1], heads_first))
     out = jax.lax.map(chunk, (qs, masks))  # [n, ..., C, Hkv, R, D]
     out = jnp.moveaxis(out, 0, -5)
     out = out.reshape(*out.shape[:-5], n * query_chunk, *out.shape[-3:])
     return out[..., :length, :, :, :]
 
 
-def _attention(q, k, v, mask):
+def _attention(q, k, v, mask, heads_first=False):
     scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("...qhrd,...khd->...hrqk", q, k, preferred_element_type=jnp.float32) * scale
+    kv = "...hkd" if heads_first else "...khd"
+    scores = jnp.einsum(f"...qhrd,{kv}->...hrqk", q, k, preferred_element_type=jnp.float32) * scale
     # A finite floor (not -inf, not a bf16 finfo.min bias): fully masked pad rows stay finite.
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("...hrqk,...khd->...qhrd", probs, v, preferred_element_type=jnp.float32)
+    if heads_first:  # probs [.., h, r, q, k] @ v [.., h, k, d]: a plain batched matmul
+        out = jnp.einsum("...hrqk,...hkd->...hrqd", probs, v, preferred_element_type=jnp.float32)
+        out = jnp.moveaxis(out, -2, -4)  # [.., q, h, r, d]
+    else:
+        out = jnp.einsum("...hrqk,...khd->...qhrd", probs, v, preferred_element_type=jnp.float32)
     return out.astype(v.dtype)
