@@ -1,4 +1,5 @@
-"""The benchmark model of the sampler and GRPO issues, built with HF classes (torch CPU).
+"""The benchmark model of the sampler and GRPO issues: the tests' HF model builder
+(`perception_rl.testing.hf_models.build_hf_model`, torch CPU) at a larger size.
 
 Qwen2.5-VL: text hidden 512, intermediate 1024, 8 layers, 4 heads, 2 KV heads, the tiny
 tokenizer's ~1k vocabulary, tied embeddings; vision hidden 256, intermediate 512, depth 4,
@@ -14,46 +15,35 @@ from PIL import Image
 
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 
+# The bench model's sizes: overrides of `perception_rl.testing.hf_models.build_hf_model`.
+BENCH_TEXT = {
+    "vocab_size": 1024,
+    "hidden_size": 512,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+}
+BENCH_VISION = {
+    "depth": 4,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "out_hidden_size": 512,
+    "num_heads": 2,
+    "fullatt_block_indexes": [3],
+}
+
 
 def build_bench_checkpoint(path: str, seed: int = 0) -> str:
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """Writes the bench model (HF classes, random weights) and the tiny tokenizer to `path`."""
+    from perception_rl.testing.hf_models import build_hf_model
 
-    ids = dict(TINY_TOKEN_IDS)
-    text = dict(
-        vocab_size=1024,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
-        bos_token_id=ids.pop("bos_token_id"),
-        eos_token_id=ids.pop("eos_token_id"),
-        pad_token_id=ids.pop("pad_token_id"),
+    ids = {k: TINY_TOKEN_IDS[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    model = build_hf_model(
+        "qwen2_5_vl", seed, tie=True, vision=BENCH_VISION, noise=0.0, **BENCH_TEXT, **ids
     )
-    vision = dict(
-        depth=4,
-        hidden_size=256,
-        intermediate_size=512,
-        out_hidden_size=512,
-        num_heads=2,
-        hidden_act="silu",
-        patch_size=14,
-        temporal_patch_size=2,
-        spatial_merge_size=2,
-        in_channels=3,
-        window_size=56,
-        fullatt_block_indexes=[3],
-        tokens_per_second=2,
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=True, **ids
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
     model.save_pretrained(path)
     for f in tiny_tokenizer_path().iterdir():
         shutil.copy(f, path)

@@ -47,7 +47,7 @@ from configs import common
 from perception_rl import policy as policy_lib
 from perception_rl import rewards
 from perception_rl.models.qwen_vl.vision import vision_layout
-from perception_rl.rl import batch as batch_lib
+from perception_rl.parallel import hosts
 from perception_rl.rl import loop, runtime, trainer
 from perception_rl.rl.rollouts import RolloutCollector, RolloutConfig
 
@@ -154,7 +154,7 @@ def worker_ours(path: str, num_prompts: int, steps: int, image_size: int) -> Non
     for step in range(steps):
         start = time.perf_counter()
         rollouts = collector.collect(state.params, jax.random.key(100 + step), num_prompts)
-        placed = batch_lib.global_arrays(rollouts.batch, step_fn.batch_sharding)
+        placed = hosts.global_arrays(rollouts.batch, step_fn.batch_sharding)
         jax.block_until_ready(placed)
         sampled = time.perf_counter()
         ref = jax.block_until_ready(step_fn.logprobs(policy.params, placed))

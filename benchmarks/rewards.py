@@ -4,8 +4,9 @@
                                  [--repeats 5] [--rounds 3] [--threads N] [--strict]
 
 Both paths score the same generated completions (~20 predicted boxes each, against ~20
-ground-truth boxes per prompt). The baseline is written the way Perception-R1 scores detection,
-one completion at a time: parse the JSON, build the DETR cost matrix, Hungarian-match with
+ground-truth boxes per prompt). The baseline is the tests' reference reward
+(`perception_rl.testing.reference_rewards.detection_reward`), written the way Perception-R1 scores
+detection, one completion at a time: parse the JSON, build the DETR cost matrix, Hungarian-match with
 scipy, filter at IoU > 0.5 and add up the terms (in plain Python floats instead of PR1's small
 torch tensors). A per-completion numpy variant is timed too, for context. Each path runs in its
 own worker process (`benchmarks/harness.py`), alternately for `--rounds` rounds on the same CPUs,
@@ -36,6 +37,7 @@ import harness
 
 from perception_rl import rewards
 from perception_rl.rewards.detection import COCO_CLASSES
+from perception_rl.testing.reference_rewards import detection_reward
 
 
 def make_batch(num_prompts: int, group_size: int, boxes: int, seed: int = 0):
@@ -64,76 +66,6 @@ def make_batch(num_prompts: int, group_size: int, boxes: int, seed: int = 0):
             text = "```json\n" + json.dumps(items) + "\n```"
             completions.append(text[: len(text) // 2] if rng.random() < 0.03 else text)
     return completions, targets
-
-
-def _iou(a, b, eps=1e-8):
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / (union + eps), union
-
-
-def _giou(a, b, eps=1e-8):
-    iou, union = _iou(a, b, eps)
-    hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1])) + eps
-    return iou - (hull - union) / hull
-
-
-def _cxcywh(b):
-    return ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1])
-
-
-def python_detection_reward(text: str, target: dict) -> float:
-    """One completion, PR1's structure, plain Python (defaults of DetectionConfig)."""
-    try:
-        items = json.loads(text.replace("```json", "").replace("```", ""))
-    except ValueError:
-        return 0.0
-    if not isinstance(items, list):
-        return 0.0
-    index = {name: i for i, name in enumerate(COCO_CLASSES)}
-    pred, pred_labels = [], []
-    for item in items:
-        box = item.get("bbox_2d") if isinstance(item, dict) else None
-        ok = (
-            isinstance(box, list)
-            and len(box) == 4
-            and all(type(v) in (int, float) and math.isfinite(v) for v in box)
-            and box[2] >= box[0]
-            and box[3] >= box[1]
-            and item.get("label") in index
-        )
-        if ok:
-            pred.append([float(v) for v in box])
-            pred_labels.append(index[item["label"]])
-    if not pred:
-        return 0.0
-    reward = 0.25 * len(pred) / len(items)
-    gt, gt_labels = target["boxes"], [index[s] for s in target["labels"]]
-    if not gt:
-        return reward
-    hot, cold = math.e / (math.e + 79), 1 / (math.e + 79)
-    cost = [
-        [
-            5 * sum(abs(u - v) for u, v in zip(_cxcywh(p), _cxcywh(g)))
-            - (hot if pl == gl else cold)
-            - 2 * _giou(p, g)
-            for g, gl in zip(gt, gt_labels)
-        ]
-        for p, pl in zip(pred, pred_labels)
-    ]
-    rows, cols = linear_sum_assignment(cost)
-    pairs = [(i, j, _iou(pred[i], gt[j])[0]) for i, j in zip(rows, cols)]
-    pairs = [(i, j, iou) for i, j, iou in pairs if iou > 0.5]
-    m = len(pairs)
-    if m == 0:
-        return reward
-    precision, recall = m / len(pred), m / len(gt)
-    reward += 0.75 * 2 * precision * recall / (precision + recall + 1e-8)
-    reward += sum(pred_labels[i] == gt_labels[j] for i, j, _ in pairs) / m
-    reward += sum(iou for _, _, iou in pairs) / m
-    reward -= 0.5 * ((len(pred) - m) / len(pred) + (len(gt) - m) / len(gt))
-    return min(max(reward, 0.0), 3.0)
 
 
 def numpy_detection_reward(text: str, target: dict) -> float:
@@ -198,7 +130,7 @@ def worker(path: str, completions: int, group_size: int, boxes: int, repeats: in
     per_completion = [t for t in targets for _ in range(group_size)]
     fn = {
         "batched": lambda: rewards.score("detection", texts, targets, group_size=group_size),
-        "python": lambda: [python_detection_reward(c, t) for c, t in zip(texts, per_completion)],
+        "python": lambda: [detection_reward(c, t) for c, t in zip(texts, per_completion)],
         "numpy": lambda: [numpy_detection_reward(c, t) for c, t in zip(texts, per_completion)],
     }[path]
     start = time.perf_counter()

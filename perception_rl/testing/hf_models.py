@@ -27,8 +27,20 @@ def text_config(**overrides):
     return cfg
 
 
-def build_hf_model(family: str, seed: int = 0, tie: bool | None = None, **text_overrides):
-    """A random tiny HF model (float32, sdpa) of `family` ('qwen2_vl' or 'qwen2_5_vl')."""
+def build_hf_model(
+    family: str,
+    seed: int = 0,
+    tie: bool | None = None,
+    *,
+    vision: dict | None = None,
+    noise: float = 0.05,
+    **text_overrides,
+):
+    """A random HF model (float32, sdpa) of `family` ('qwen2_vl' or 'qwen2_5_vl').
+
+    Tiny by default; `text_overrides` and `vision` (vision-config fields) resize it (the
+    benchmark model is this builder at another size). `noise` is added to every weight.
+    """
     import torch
     from transformers import (
         Qwen2_5_VLConfig,
@@ -57,6 +69,7 @@ def build_hf_model(family: str, seed: int = 0, tie: bool | None = None, **text_o
                 "temporal_patch_size": 2,
                 "spatial_merge_size": 2,
                 "in_channels": 3,
+                **(vision or {}),
             },
             tie_word_embeddings=False if tie is None else tie,
             **ids,
@@ -79,6 +92,7 @@ def build_hf_model(family: str, seed: int = 0, tie: bool | None = None, **text_o
                 "window_size": 56,
                 "fullatt_block_indexes": [1],
                 "tokens_per_second": 2,
+                **(vision or {}),
             },
             tie_word_embeddings=True if tie is None else tie,
             **ids,
@@ -89,7 +103,7 @@ def build_hf_model(family: str, seed: int = 0, tie: bool | None = None, **text_o
     # Random init is tiny (std 0.02); larger weights make parity tests discriminative.
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * noise)
     return model.eval()
 
 

@@ -18,7 +18,7 @@ def test_baselines_match_the_batched_reward():
     completions, targets = bench.make_batch(num_prompts=16, group_size=4, boxes=8, seed=1)
     per_completion = [t for t in targets for _ in range(4)]
     ours = rewards.score("detection", completions, targets, group_size=4)
-    python = [bench.python_detection_reward(c, t) for c, t in zip(completions, per_completion)]
+    python = [bench.detection_reward(c, t) for c, t in zip(completions, per_completion)]
     numpy = [bench.numpy_detection_reward(c, t) for c, t in zip(completions, per_completion)]
     np.testing.assert_allclose(ours, python, atol=1e-6, rtol=0)
     np.testing.assert_allclose(ours, numpy, atol=1e-6, rtol=0)
