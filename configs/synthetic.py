@@ -4,7 +4,7 @@
     python -m perception_rl.main --config=configs/synthetic.py:grounding --workdir=/tmp/prl_g
     python -m perception_rl.main --config=configs/synthetic.py --config.task=detection ...
 
-Runs `perception_rl.rl.recipe.run` (mode "recipe"): SFT of a randomly initialised tiny
+Runs `perception_rl.recipe.run` (mode "recipe"): SFT of a randomly initialised tiny
 Qwen2.5-VL on the task's ideal answers, greedy evaluation of the SFT policy on the held-out
 validation split, GRPO from the SFT policy (which is also the KL reference), evaluation of the
 GRPO policy, and a report (reward curves, gallery, before/after table) in `<workdir>/report/`.
@@ -85,7 +85,7 @@ def get_config(arg: str | None = None):
     c.eval.max_new_tokens = 112
     c.eval.gallery_size = 4
 
-    # Report diagnostics (perception_rl.rl.recipe): the paired bootstrap interval of GRPO − SFT
+    # Report diagnostics (perception_rl.recipe): the paired bootstrap interval of GRPO − SFT
     # over the held-out examples, and pass@k at the training temperature of both policies on
     # the first pass_k_examples of them (max(pass_k) samples each, pass_k_prompts prompts per
     # batch; 0 examples turns it off). 100 x 8 samples cost about one greedy evaluation.

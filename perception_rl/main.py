@@ -167,7 +167,7 @@ def run(mode: str, config, workdir: str):
 
         return trainer.train(config, workdir)
     if mode == "recipe":
-        from perception_rl.rl import recipe
+        from perception_rl import recipe
 
         return recipe.run(config, workdir)
     if mode == "sft":

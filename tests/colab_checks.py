@@ -188,7 +188,7 @@ def check_train_and_compare(ns: dict) -> None:
 
     from perception_rl.tasks import get_task
     from perception_rl.eval import runner
-    from perception_rl.rl import recipe, report
+    from perception_rl import recipe, report
     from perception_rl.rl.metric_writer import read_metrics
 
     config, workdir = ns["config"], ns["WORKDIR"]

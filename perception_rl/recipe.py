@@ -1,6 +1,6 @@
 """The main job's recipe: SFT warm start → eval → GRPO from the SFT policy → eval → report.
 
-    from perception_rl.rl import recipe
+    from perception_rl import recipe
     summary = recipe.run(config, workdir)     # configs/synthetic.py; resumable
 
 Layout of `workdir`:
@@ -132,7 +132,7 @@ def run(config, workdir: str) -> dict:
         began = time.perf_counter()
         results[phase]["headroom"] = headroom_phase(config, workdir, phase)
         timings[f"{phase}_headroom_s"] = time.perf_counter() - began
-    from perception_rl.rl import report
+    from perception_rl import report
 
     summary = before_after(config, workdir, results, timings)
     report.write(workdir, summary, config.eval.get("split") or "validation")

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import synthetic
+from perception_rl import recipe, report
 from perception_rl.models.qwen_vl import preset
-from perception_rl.rl import recipe, report
 
 REPORT_FILES = (
     "reward_curves.png",
@@ -55,7 +55,7 @@ app.run(lambda _: print(reward_options(get_task("counting"), "qwen2_5_vl",
 def test_counting_reward_kind_is_set_from_the_command_line():
     import subprocess
 
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for extra, want in (
         ([], "{}"),
         (["--config.reward.kind=exact_count"], "{'kind': 'exact_count'}"),
