@@ -67,7 +67,7 @@ class CrowdTask(PromptedTask):
     )
     skip_special_tokens: bool = True
     max_look_boxes: int = 8  # The dip reward's default: only that many look boxes count.
-    metric_protocol: str = "crowdhuman"  # a key of eval.metrics.crowd.PROTOCOLS
+    metric_protocol: str = "crowdhuman"  # a key of metrics.crowd.PROTOCOLS
     prompt: str = PROMPT
 
     def prompt_fields(self, example: Example) -> dict[str, Any]:
