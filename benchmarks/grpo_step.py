@@ -46,7 +46,7 @@ from bench_models import bench_prompts, build_bench_checkpoint
 from configs import common
 from perception_rl import policy as policy_lib
 from perception_rl import rewards
-from perception_rl.models.qwen_vl.vision import vision_layout
+from perception_rl.models.qwen_vl import prompts
 from perception_rl.parallel import hosts
 from perception_rl.rl import loop, runtime, trainer
 from perception_rl.rl.rollouts import RolloutCollector, RolloutConfig
@@ -81,26 +81,10 @@ def targets(num_prompts: int) -> list[dict]:
     ]
 
 
-def records_from_batch(batch: dict, vision, goals: list[dict]) -> list[dict]:
-    """The processor batch of `bench_prompts` as per-prompt trainer records (one image each)."""
-    records, offset = [], 0
-    for row, grid in enumerate(batch["image_grid_thw"]):
-        real = batch["attention_mask"][row] > 0
-        patches = int(np.prod(grid))
-        layout = vision_layout(grid[None], vision).as_dict()
-        prompt = {
-            "input_ids": batch["input_ids"][row][real].astype(np.int32),
-            "position_ids": batch["position_ids"][:, row][:, real].astype(np.int32),
-            "pixel_values": batch["pixel_values"][offset : offset + patches],
-            "image_grid_thw": grid[None].astype(np.int32),
-            "patch_rows": layout["rows"],
-            "patch_cols": layout["cols"],
-            "frame_segments": layout["frame_segments"],
-            "window_segments": layout["window_segments"],
-        }
-        records.append({"prompt": prompt, "target": goals[row]})
-        offset += patches
-    return records
+def records_from_batch(batch: dict, model_config, goals: list[dict]) -> list[dict]:
+    """The processor batch of `bench_prompts` as per-prompt trainer records."""
+    split = prompts.split_processor_batch(batch, model_config.vision, model_config.image_token_id)
+    return [{"prompt": prompt, "target": goal} for prompt, goal in zip(split, goals)]
 
 
 def bench_config(path: str, num_prompts: int):
@@ -125,7 +109,7 @@ def worker_ours(path: str, num_prompts: int, steps: int, image_size: int) -> Non
     else:
         texts, images = conversations(num_prompts, image_size)
         batch = policy.processor([user_turn(t) for t in texts], [[image] for image in images])
-    records = records_from_batch(batch, policy.model_config.vision, targets(num_prompts))
+    records = records_from_batch(batch, policy.model_config, targets(num_prompts))
     settings = RolloutConfig(
         group_size=GROUP,
         max_new_tokens=NEW_TOKENS,

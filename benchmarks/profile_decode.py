@@ -36,10 +36,11 @@ def _decode_call(model, batch, new_tokens):
     import jax.numpy as jnp
     from flax import nnx
 
+    from perception_rl.models.qwen_vl import prompts
     from perception_rl.sampling import sampler
 
     graphdef, state = nnx.split(model)
-    prompt = sampler.pad_prompt_batch(batch, model.config)
+    prompt = prompts.prompt_batch(batch, model.config, pad_id=0)
     length = prompt["input_ids"].shape[1]
     kw = {
         "prompt_length": length,

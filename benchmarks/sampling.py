@@ -41,13 +41,15 @@ def worker_ours(path: str, batch_size: int, new_tokens: int, repeats: int) -> No
     from flax import nnx
 
     from perception_rl.models import from_pretrained
+    from perception_rl.models.qwen_vl import prompts
     from perception_rl.sampling import generate, sampler
 
     harness.set_torch_threads()
     model = from_pretrained(path)
-    batch = bench_prompts(path, batch_size)
+    # The train step's layout, as rollouts hand it to the sampler (converted once, untimed).
+    prompt = prompts.prompt_batch(bench_prompts(path, batch_size), model.config, pad_id=0)
     run = lambda seed: generate(
-        model, batch, max_new_tokens=new_tokens, key=jax.random.key(seed), eos_ids=(), **SETTINGS
+        model, prompt, max_new_tokens=new_tokens, key=jax.random.key(seed), eos_ids=(), **SETTINGS
     )
     run(0)  # compile
     times = []
@@ -59,7 +61,6 @@ def worker_ours(path: str, batch_size: int, new_tokens: int, repeats: int) -> No
 
     # Roofline: prefill and decode programs timed apart, costed by XLA.
     graphdef, state = nnx.split(model)
-    prompt = sampler.pad_prompt_batch(batch, model.config)
     length = prompt["input_ids"].shape[1]
     prefill_kw = {"cache_size": length + new_tokens, "num_samples": 1}
     decode_kw = {

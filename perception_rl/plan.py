@@ -191,7 +191,7 @@ class Shapes:
         prompts: B, prompts per step (SFT: examples).
         group: G, completions per prompt (SFT: 1).
         completion: T, completion tokens (max new tokens; SFT: the answer bucket).
-        prompt_length: P, bucketed prompt tokens (`batch.bucket`).
+        prompt_length: P, bucketed prompt tokens (`prompts.bucket`).
         patches: real patches of one image; padded_patches: their bucket per prompt.
         sampler_chunk: prompts per sampler call (`rl.sampler_chunk`; B when unset).
     """
@@ -220,14 +220,15 @@ def image_patches(config, model_config) -> int:
 
 
 def step_shapes(config, model_config, mode: str) -> Shapes:
+    from perception_rl.models.qwen_vl import prompts as prompts_lib
     from perception_rl.rl import batch as batch_lib
 
     patches = image_patches(config, model_config)
     merged = patches // model_config.vision.spatial_merge_size**2
-    length = batch_lib.bucket(merged + config.plan.text_tokens, batch_lib.MIN_PROMPT_LENGTH)
-    padded = batch_lib.bucket(patches, batch_lib.MIN_PATCHES)
+    length = prompts_lib.bucket(merged + config.plan.text_tokens, prompts_lib.MIN_PROMPT_LENGTH)
+    padded = prompts_lib.bucket(patches, prompts_lib.MIN_PATCHES)
     if mode == "sft":
-        answer = batch_lib.bucket(config.plan.answer_tokens, batch_lib.MIN_ANSWER_LENGTH)
+        answer = prompts_lib.bucket(config.plan.answer_tokens, batch_lib.MIN_ANSWER_LENGTH)
         return Shapes(config.sft.batch_size, 1, answer, length, patches, padded, 0)
     rl = config.rl
     chunk = rl.get("sampler_chunk") or rl.prompts_per_step
@@ -243,7 +244,7 @@ def _sds(shape, dtype, sharding):
 
 
 def abstract_batch(shapes: Shapes, model_config, sharding, *, grpo: bool) -> dict:
-    """The batch `rl.batch.pad_prompts` + the rollout collector produce, as abstract arrays."""
+    """The batch `prompts.pad_prompts` + the rollout collector produce, as abstract arrays."""
     import jax.numpy as jnp
 
     b, p, n = shapes.prompts, shapes.prompt_length, shapes.padded_patches
@@ -375,19 +376,9 @@ def sampler_lowerings(graphdef, params, shapes: Shapes, model_config, mesh, roll
     from perception_rl.sampling import sampler
 
     host = None  # numpy inputs: jit places them (replicated over the parameters' mesh)
-    b = shapes.sampler_chunk
-    length = sampler.bucket(shapes.prompt_length, 16)
-    patches = sampler.bucket(b * shapes.patches, 64)
-    i32 = lambda *shape: _sds(shape, jnp.int32, host)
-    prompt = {
-        "input_ids": i32(b, length),
-        "attention_mask": i32(b, length),
-        "position_ids": i32(3, b, length),
-        "pixel_values": _sds((patches, model_config.vision.patch_dim), jnp.float32, host),
-        "vision_layout": {
-            key: i32(patches) for key in ("rows", "cols", "frame_segments", "window_segments")
-        },
-    }
+    length = shapes.prompt_length
+    chunk = dataclasses.replace(shapes, prompts=shapes.sampler_chunk)
+    prompt = abstract_batch(chunk, model_config, host, grpo=True)["prompts"]
     cache_size = length + shapes.completion
     prefill = sampler._prefill.lower(
         graphdef, params, prompt, cache_size=cache_size, num_samples=shapes.group

@@ -15,6 +15,7 @@ import pytest
 
 from perception_rl import plan
 from perception_rl.data import sources
+from perception_rl.models.qwen_vl import prompts as prompts_lib
 from perception_rl.policy import load_policy
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import loop, runtime, trainer
@@ -169,7 +170,7 @@ def test_sampler_chunks_leave_greedy_rollouts_unchanged():
             config, formatter, config.rl.prompts_per_step, runtime.training_source(config, task)
         )
     )
-    prompts = batch_lib.pad_prompts([r["prompt"] for r in records], pad_id=policy.pad_id)
+    prompts = prompts_lib.pad_prompts([r["prompt"] for r in records], pad_id=policy.pad_id)
     key = jax.random.key(1)
     results = []
     for chunk in (None, 1):

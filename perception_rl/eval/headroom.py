@@ -63,10 +63,12 @@ def sample_scores(
     """`[len(source), num_samples]` headline scores of sampled completions."""
     import jax
 
+    from perception_rl.models.qwen_vl.prompts import prompt_batch
+    from perception_rl.policy import stop_token_ids
     from perception_rl.sampling import generate
 
     tokenizer = processor.tokenizer
-    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    eos = list(stop_token_ids(tokenizer, getattr(model.config, "eos_token_id", None)))
     rows = []
     for start in range(0, len(source), prompts):
         examples = [source[i] for i in range(start, min(start + prompts, len(source)))]
@@ -78,7 +80,7 @@ def sample_scores(
         )
         result = generate(
             model,
-            batch,
+            prompt_batch(batch, model.config, pad_id=processor.pad_token_id),
             max_new_tokens=max_new_tokens,
             key=jax.random.key(seed + start),
             num_samples=num_samples,

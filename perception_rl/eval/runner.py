@@ -287,6 +287,7 @@ def _decode_batch(
     import jax
 
     from perception_rl import rewards
+    from perception_rl.models.qwen_vl.prompts import prompt_batch
     from perception_rl.policy import stop_token_ids
     from perception_rl.sampling import generate
 
@@ -300,7 +301,7 @@ def _decode_batch(
     )
     result = generate(
         model,
-        batch,
+        prompt_batch(batch, model.config, pad_id=processor.pad_token_id),
         max_new_tokens=max_new_tokens,
         key=jax.random.key(0),
         temperature=0.0,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perception_rl import rewards as rewards_lib
+from perception_rl.models.qwen_vl import prompts as prompts_lib
 from perception_rl.parallel import hosts
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
@@ -135,7 +136,7 @@ class RolloutCollector:
             part = jax.tree.map(lambda x, start=start: x[start : start + chunk], prompts)
             out = generate(
                 self.policy.model(params),
-                batch_lib.sampler_inputs(part),
+                part,
                 max_new_tokens=cfg.max_new_tokens,
                 key=key if chunk == total else jax.random.fold_in(key, index),
                 num_samples=cfg.group_size,
@@ -160,9 +161,9 @@ class RolloutCollector:
         cfg, group = self.config, self.config.group_size
         records = next(self.records)
         local = [record["prompt"] for record in records]
-        sizes = hosts.host_max(batch_lib.prompt_sizes(local))
+        sizes = hosts.host_max(prompts_lib.prompt_sizes(local))
         prompts = hosts.gather_hosts(
-            batch_lib.pad_prompts(local, pad_id=self.policy.pad_id, sizes=sizes)
+            prompts_lib.pad_prompts(local, pad_id=self.policy.pad_id, sizes=sizes)
         )
         out = self.sample(params, prompts, key)
         mine = hosts.host_rows(len(records), group)  # this host's prompts' completions
@@ -232,9 +233,9 @@ class RolloutCollector:
     def _assemble(self, draws: list[Draw], picks: np.ndarray) -> tuple[dict, dict]:
         """Gathers the picked groups of all draws into one batch with advantages."""
         group = self.config.group_size
-        sizes = np.max([batch_lib.padded_sizes(d.prompts) for d in draws], axis=0)
+        sizes = np.max([prompts_lib.padded_sizes(d.prompts) for d in draws], axis=0)
         prompts = [
-            batch_lib.repad_prompts(d.prompts, sizes, pad_id=self.policy.pad_id) for d in draws
+            prompts_lib.repad_prompts(d.prompts, sizes, pad_id=self.policy.pad_id) for d in draws
         ]
         offsets = np.cumsum([0] + [len(d.prompts["input_ids"]) for d in draws])
         prompt_rows = offsets[picks[:, 0]] + picks[:, 1]

@@ -21,6 +21,7 @@ import numpy as np
 
 from perception_rl.data import sources
 from perception_rl.errors import require_at_least
+from perception_rl.models.qwen_vl import prompts as prompts_lib
 from perception_rl.parallel import hosts
 from perception_rl.policy import load_policy
 from perception_rl.rl import batch as batch_lib
@@ -33,12 +34,12 @@ from perception_rl.rl.train_step import StepConfig
 def sft_batch(records: list[dict], pad_id: int) -> dict:
     """The global SFT batch: padded prompts and answers, gathered from every host."""
     prompts = [record["prompt"] for record in records]
-    answer_length = batch_lib.bucket(
+    answer_length = prompts_lib.bucket(
         max(len(r["answer_ids"]) for r in records), batch_lib.MIN_ANSWER_LENGTH
     )
-    sizes = hosts.host_max(np.append(batch_lib.prompt_sizes(prompts), answer_length))
+    sizes = hosts.host_max(np.append(prompts_lib.prompt_sizes(prompts), answer_length))
     local = {
-        "prompts": batch_lib.pad_prompts(prompts, pad_id=pad_id, sizes=sizes[:3]),
+        "prompts": prompts_lib.pad_prompts(prompts, pad_id=pad_id, sizes=sizes[:3]),
         "completions": dict(zip(("tokens", "mask"), batch_lib.pad_answers(records, int(sizes[3])))),
     }
     return hosts.gather_hosts(local)

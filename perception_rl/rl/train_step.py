@@ -6,13 +6,14 @@
     logprobs(params, batch) -> [B*G, T]        old-policy or frozen-reference log-probs
 
 Parameters (and the optimiser moments, which mirror them) are placed by the regex rules of
-`perception_rl.parallel`; every batch array is batch-major (see `rl.batch`) and split over
+`perception_rl.parallel`; every batch array is batch-major (`models.qwen_vl.prompts`) and split over
 ('data', 'fsdp') by a single `NamedSharding`; metrics come back replicated. The same program
 runs on one CPU, one GPU box, or a multi-host pod: only the mesh changes.
 
 Inside the update:
-  * Each prompt runs through the decoder once (`prompt_states`: the vision tower per prompt,
-    image features scattered into the image slots, then every layer's keys and values). Its G
+  * Each prompt runs through the decoder once (`prompt_states`, the sampler's prefill: the
+    vision tower per prompt, image features scattered into the image slots, then every
+    layer's keys and values). Its G
     completions are decoded against those cached keys/values, positions continuing the
     prompt's M-RoPE positions (last prompt position + 1 + k), exactly as the sampler decoded
     them; prompt tokens are not recomputed G times. Log-probs of the completion tokens go
@@ -44,7 +45,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from perception_rl.models.qwen_vl.model import causal_mask
+from perception_rl.models.qwen_vl.prompts import prompt_states
 from perception_rl.parallel import partitioning
 from perception_rl.rl import grpo
 from perception_rl.rl.logprobs import token_logprobs
@@ -156,68 +157,6 @@ def make_optimizer(
 
 
 # ------------------------------------------------------------------------------------ forward
-def prompt_embeddings(
-    model, prompts: dict[str, jax.Array], *, remat: bool | str = False, query_chunk=None
-) -> jax.Array:
-    """[B, P, H] input embeddings of padded prompts, image features in their image slots.
-
-    The vision tower runs per prompt (`vmap`), so a prompt's patches attend only within their
-    own row and the computation shards with the batch.
-    """
-    ids = prompts["input_ids"]
-    embeds = model.model.embed_tokens(ids)
-    if "pixel_values" not in prompts:
-        return embeds
-    features = jax.vmap(
-        lambda *layout: model.image_features(*layout, remat=remat, query_chunk=query_chunk)
-    )(
-        prompts["pixel_values"],
-        prompts["patch_rows"],
-        prompts["patch_cols"],
-        prompts["frame_segments"],
-        prompts["window_segments"],
-    )  # [B, N/4, H]
-    is_image = ids == model.config.image_token_id
-    index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
-    gathered = jnp.take_along_axis(features, index[..., None], axis=1)
-    return jnp.where(is_image[..., None], gathered.astype(embeds.dtype), embeds)
-
-
-def _unconstrained(x):
-    return x
-
-
-def prompt_states(
-    model,
-    prompts: dict[str, jax.Array],
-    *,
-    remat: bool | str = False,
-    query_chunk: int | None = None,
-    constrain=_unconstrained,
-) -> dict:
-    """Runs the decoder over each prompt once.
-
-    `constrain` pins batch-major activations to the step's batch sharding (the embedding
-    lookup would otherwise hand them over sharded like the table, along the hidden axis).
-
-    Returns:
-        {"last_hidden": [B, H] final hidden state of the last prompt position (it predicts the
-        first completion token), "kv": per layer {"k", "v"} [B, kv_heads, P, head_dim]}.
-    """
-    mask = prompts["attention_mask"]
-    cache = model.init_cache(mask.shape[0], mask.shape[1])
-    hidden, cache = model.model(
-        constrain(prompt_embeddings(model, prompts, remat=remat, query_chunk=query_chunk)),
-        prompts["position_ids"].swapaxes(0, 1),
-        causal_mask(mask),
-        cache,
-        0,
-        remat=remat,
-        query_chunk=query_chunk,
-    )
-    return {"last_hidden": hidden[:, -1], "kv": cache}
-
-
 def completion_logprobs(
     model,
     prefix: dict,
@@ -225,7 +164,7 @@ def completion_logprobs(
     config: StepConfig,
     *,
     with_entropy: bool = False,
-    constrain=_unconstrained,
+    constrain=lambda x: x,
 ):
     """Log-probs [R, T] of completion tokens, decoded against their prompt's keys and values.
 

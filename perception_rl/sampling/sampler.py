@@ -1,8 +1,10 @@
 """Jitted KV-cache sampler for multimodal prompts: the GRPO rollout engine.
 
-`generate` pads the processor batch to bucketed shapes on the host, runs the vision tower and
-the prompt once (prefill), repeats the cache `num_samples` times, then decodes inside one
-`lax.while_loop` with a static, donated cache that stops when every row has emitted EOS.
+`generate` reads the batch-major prompts the train step reads (`models.qwen_vl.prompts`),
+padded to the same buckets, runs them through the same prefill (`prompts.prompt_states`: the
+vision tower per prompt, then the decoder once), repeats the cache `num_samples` times, then
+decodes inside one `lax.while_loop` with a static, donated cache that stops when every row has
+emitted EOS.
 Decode positions continue each row's M-RoPE positions (last prompt position + 1 + k).
 An optional repetition penalty (HF / vLLM semantics) keeps a [rows, vocab] mask of the token ids
 seen in each row's prompt (padding excluded) and completion.
@@ -18,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perception_rl.models.qwen_vl import QwenVL
-from perception_rl.models.qwen_vl.model import causal_mask, vision_layout_dict
+from perception_rl.models.qwen_vl import QwenVL, prompts
 from perception_rl.sampling import filters
 
 
@@ -41,46 +42,17 @@ class SampleResult:
     prompt_index: np.ndarray
 
 
-def bucket(n: int, minimum: int) -> int:
-    """Smallest power of two ≥ max(n, minimum): a handful of compiled shapes per run."""
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
-
-
-def pad_prompt_batch(batch: dict, config, *, min_length: int = 16, min_patches: int = 64):
-    """Left-pads ids/mask/positions to a bucketed length and patches to a bucketed count."""
-    ids = np.asarray(batch["input_ids"], np.int32)
-    b, l = ids.shape
-    length = bucket(l, min_length)
-    left = lambda x, axis: np.pad(
-        x, [(length - l, 0) if a == axis else (0, 0) for a in range(x.ndim)]
-    )
-    out = {
-        "input_ids": left(ids, 1),
-        "attention_mask": left(np.asarray(batch["attention_mask"], np.int32), 1),
-        "position_ids": left(np.asarray(batch["position_ids"], np.int32), 2),
-    }
-    pixels = batch.get("pixel_values")
-    if pixels is not None and len(pixels):
-        n = bucket(len(pixels), min_patches)
-        out["pixel_values"] = np.pad(np.asarray(pixels, np.float32), [(0, n - len(pixels)), (0, 0)])
-        out["vision_layout"] = vision_layout_dict(batch["image_grid_thw"], config, n)
-    return out
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "num_samples"))
 def _prefill(graphdef, state, prompt, *, cache_size: int, num_samples: int):
     """Runs vision + prompt once; returns the repeated cache, last logits and next positions."""
     model: QwenVL = nnx.merge(graphdef, state)
-    ids, mask, positions = prompt["input_ids"], prompt["attention_mask"], prompt["position_ids"]
-    b, l = ids.shape
-    embeds = model.embed(ids, prompt.get("pixel_values"), prompt.get("vision_layout"))
-    attn = jnp.pad(causal_mask(mask), ((0, 0), (0, 0), (0, cache_size - l)))
-    hidden, cache = model.model(embeds, positions, attn, model.init_cache(b, cache_size), 0)
-    logits = model.logits(hidden[:, -1]).astype(jnp.float32)
-    next_position = jnp.max(jnp.where(mask[None] > 0, positions, -1), axis=(0, 2)) + 1
-    kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - l)))
+    states = prompts.prompt_states(model, prompt, cache_size=cache_size)
+    logits = model.logits(states["last_hidden"]).astype(jnp.float32)
+    mask, positions = prompt["attention_mask"], prompt["position_ids"]
+    next_position = jnp.max(jnp.where(mask[:, None] > 0, positions, -1), axis=(1, 2)) + 1
+    kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - mask.shape[1])))
     rep = lambda x: jnp.repeat(x, num_samples, axis=0)
-    return jax.tree.map(rep, (cache, logits, next_position, kv_mask))
+    return jax.tree.map(rep, (states["kv"], logits, next_position, kv_mask))
 
 
 @functools.partial(jax.jit, static_argnames=("vocab_size", "num_samples"))
@@ -180,7 +152,7 @@ def _decode(
 
 def generate(
     model: QwenVL,
-    batch: dict,
+    prompt_batch: dict,
     *,
     max_new_tokens: int,
     key,
@@ -192,12 +164,13 @@ def generate(
     pad_id: int | None = None,
     repetition_penalty: float = 1.0,
 ) -> SampleResult:
-    """Samples `num_samples` completions per prompt of a processor batch.
+    """Samples `num_samples` completions per prompt.
 
     Args:
       model: the policy (possibly sharded; jit follows its parameter shardings).
-      batch: processor output: input_ids, attention_mask, position_ids and optionally
-        pixel_values / image_grid_thw. Rows should be left-padded.
+      prompt_batch: batch-major padded prompts, the train step's layout
+        (`models.qwen_vl.prompts`: `pad_prompts` of prompt records, or `prompt_batch` of a
+        processor batch). Shapes are padded further to the buckets if they are not on one.
       max_new_tokens: completion budget (static).
       key: PRNG key; the same key gives the same completions.
       num_samples: completions per prompt (G in GRPO).
@@ -216,18 +189,9 @@ def generate(
     if eos_ids is None:
         eos_ids = () if config.eos_token_id is None else (config.eos_token_id,)
     pad_id = pad_id if pad_id is not None else (config.pad_token_id or 0)
-    if "position_ids" not in batch:
-        from perception_rl.models.qwen_vl.model import default_position_ids
-
-        batch = {
-            **batch,
-            "position_ids": np.asarray(
-                default_position_ids(
-                    config, batch["input_ids"], batch["attention_mask"], batch.get("image_grid_thw")
-                )
-            ),
-        }
-    prompt = pad_prompt_batch(batch, config)
+    prompts.check_layout(prompt_batch)
+    sizes = prompts.padded_sizes(prompt_batch)
+    prompt = prompts.repad_prompts(prompt_batch, prompts.bucketed_sizes(sizes), pad_id=pad_id)
     prompt_length = prompt["input_ids"].shape[1]
     graphdef, state = nnx.split(model)
     cache, logits, next_position, kv_mask = _prefill(

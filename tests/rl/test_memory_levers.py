@@ -11,6 +11,7 @@ from flax import nnx
 from perception_rl.data import synthetic
 from perception_rl.models.qwen_vl import QwenVL, tiny
 from perception_rl.models.qwen_vl import layers as layers_lib
+from perception_rl.models.qwen_vl import prompts as prompts_lib
 from perception_rl.parallel import hosts, make_mesh
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
@@ -55,7 +56,7 @@ def setup():
         "advantages": rng.normal(size=rows).astype(np.float32),
         "ref_logps": rng.normal(scale=0.1, size=(rows, LENGTH)).astype(np.float32) - 7.0,
     }
-    prompts = batch_lib.pad_prompts([r["prompt"] for r in records], pad_id=0)
+    prompts = prompts_lib.pad_prompts([r["prompt"] for r in records], pad_id=0)
     return graphdef, params, {"prompts": prompts, "completions": completions}
 
 

@@ -1,11 +1,11 @@
-"""Host-side batches of the trainer: per-prompt padding, the sampler layout, re-padding, and the
-assembly of a dynamic-sampling batch from several draws."""
+"""Host-side batches of the trainer: SFT answers and the assembly of a dynamic-sampling batch
+from several draws (the prompt layout itself: tests/models/test_prompts.py)."""
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from perception_rl.data import synthetic
+from perception_rl.models.qwen_vl import prompts as prompts_lib
 from perception_rl.models.qwen_vl import tiny
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
@@ -33,65 +33,6 @@ def records(processor, examples, with_answer=False):
         get_task("counting"), processor, "qwen2_5_vl", VISION, with_answer=with_answer
     )
     return [formatter(e) for e in examples]
-
-
-def test_sampler_inputs_equal_the_processor_batch(processor, examples):
-    recs = records(processor, examples)
-    prompts = batch_lib.pad_prompts([r["prompt"] for r in recs], pad_id=processor.pad_token_id)
-    task = get_task("counting")
-    direct = processor(
-        [task.conversation(e, "qwen2_5_vl") for e in examples],
-        [[Image.fromarray(e["image"])] for e in examples],
-    )
-    ours = batch_lib.sampler_inputs(prompts)
-    assert len({len(r["prompt"]["pixel_values"]) for r in recs}) > 1  # ragged patches
-    length = direct["input_ids"].shape[1]
-    np.testing.assert_array_equal(ours["input_ids"][:, -length:], direct["input_ids"])
-    np.testing.assert_array_equal(ours["attention_mask"][:, -length:], direct["attention_mask"])
-    real = direct["attention_mask"][None].astype(bool).repeat(3, 0)
-    np.testing.assert_array_equal(
-        ours["position_ids"][:, :, -length:][real], direct["position_ids"][real]
-    )
-    np.testing.assert_array_equal(ours["pixel_values"], direct["pixel_values"])
-    np.testing.assert_array_equal(ours["image_grid_thw"], direct["image_grid_thw"])
-    assert prompts["input_ids"].shape[1] == batch_lib.bucket(length, 16)
-    assert (ours["attention_mask"][:, :-length] == 0).all()  # extra padding is masked
-
-
-def test_buckets_are_two_per_octave():
-    sizes = [batch_lib.bucket(n, 16) for n in range(1, 5000)]
-    assert sorted(set(sizes)) == [
-        16,
-        24,
-        32,
-        48,
-        64,
-        96,
-        128,
-        192,
-        256,
-        384,
-        512,
-        768,
-        1024,
-        1536,
-        2048,
-        3072,
-        4096,
-        6144,
-    ]
-    assert all(n <= size < 1.5 * n or size == 16 for n, size in zip(range(1, 5000), sizes))
-
-
-def test_repad_equals_padding_to_the_larger_sizes_at_once(processor, examples):
-    prompts = [r["prompt"] for r in records(processor, examples)]
-    small = batch_lib.pad_prompts(prompts, pad_id=0)
-    sizes = batch_lib.padded_sizes(small) * np.asarray([2, 2, 2])
-    once = batch_lib.pad_prompts(prompts, pad_id=0, sizes=sizes)
-    twice = batch_lib.repad_prompts(small, sizes, pad_id=0)
-    assert once.keys() == twice.keys()
-    for key in once:
-        np.testing.assert_array_equal(once[key], twice[key], err_msg=key)
 
 
 def test_sft_answers_end_with_eos_and_score_full_reward(processor, examples):
@@ -122,7 +63,7 @@ def _draw(seed, num_prompts, length, patches, group=2, steps=4):
         "position_ids": rng.integers(0, 50, (num_prompts, 3, length)),
         "pixel_values": rng.normal(size=(num_prompts, patches, 6)).astype(np.float32),
         "image_grid_thw": np.tile([[1, 2, 2]], (num_prompts, 1, 1)),
-        **{k: np.zeros((num_prompts, patches), np.int32) for k in batch_lib.LAYOUT_KEYS},
+        **{k: np.zeros((num_prompts, patches), np.int32) for k in prompts_lib.LAYOUT_KEYS},
     }
     tokens = rng.integers(14, 999, (num_prompts * group, steps))
     lengths = rng.integers(1, steps + 1, num_prompts * group)

@@ -10,6 +10,7 @@ from flax import nnx
 
 from perception_rl.data import synthetic
 from perception_rl.models.qwen_vl import QwenVL, tiny
+from perception_rl.models.qwen_vl import prompts as prompts_lib
 from perception_rl.parallel import hosts, make_mesh
 from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
@@ -45,7 +46,7 @@ def prompts(policy):
     vision = nnx.merge(graphdef, _abstract(policy)).config.vision
     formatter = batch_lib.PromptFormatter(get_task("ocr"), processor, "qwen2_5_vl", vision)
     records = [formatter(synthetic.generate_example("ocr", i)) for i in range(PROMPTS)]
-    return batch_lib.pad_prompts([r["prompt"] for r in records], pad_id=0)
+    return prompts_lib.pad_prompts([r["prompt"] for r in records], pad_id=0)
 
 
 def _abstract(policy):
@@ -194,7 +195,7 @@ def test_log_probs_equal_the_samplers(policy, prompts):
     graphdef, params = policy
     out = generate(
         nnx.merge(graphdef, params),
-        batch_lib.sampler_inputs(prompts),
+        prompts,
         max_new_tokens=LENGTH,
         key=jax.random.key(3),
         num_samples=GROUP,

@@ -10,6 +10,7 @@ from flax import nnx
 
 from perception_rl.data import synthetic
 from perception_rl.models import from_pretrained
+from perception_rl.models.qwen_vl import prompts as prompts_lib
 from perception_rl.parallel import hosts, make_mesh
 from perception_rl.processing import Processor, tiny_tokenizer_path
 from perception_rl.rl import batch as batch_lib
@@ -35,7 +36,7 @@ def test_completion_logprobs_equal_a_full_hf_forward(family, tmp_path):
     formatter = batch_lib.PromptFormatter(get_task("ocr"), processor, family, model.config.vision)
     # Different images and texts: prompts of different lengths, so rows are left-padded.
     records = [formatter(synthetic.generate_example("ocr", i)) for i in range(2)]
-    prompts = batch_lib.pad_prompts([r["prompt"] for r in records], pad_id=0)
+    prompts = prompts_lib.pad_prompts([r["prompt"] for r in records], pad_id=0)
 
     rng = np.random.default_rng(0)
     rows = 2 * GROUP
@@ -55,23 +56,19 @@ def test_completion_logprobs_equal_a_full_hf_forward(family, tmp_path):
     )
     ours = np.asarray(step.logprobs(params, batch))
 
-    inputs = batch_lib.sampler_inputs(prompts)
-    offsets = np.concatenate([[0], np.cumsum(np.prod(inputs["image_grid_thw"], axis=1))])
     for row in range(rows):
-        prompt = row // GROUP  # a prompt's G completions are consecutive rows
-        keep = inputs["attention_mask"][prompt] > 0
+        prompt = records[row // GROUP]["prompt"]  # a prompt's G completions are consecutive rows
         n = lengths[row]
-        ids = np.concatenate([inputs["input_ids"][prompt][keep], tokens[row, :n]])[None]
-        pixels = inputs["pixel_values"][offsets[prompt] : offsets[prompt + 1]]
+        ids = np.concatenate([prompt["input_ids"], tokens[row, :n]])[None]
         t = {
             "input_ids": torch.as_tensor(ids, dtype=torch.long),
             "attention_mask": torch.ones(ids.shape, dtype=torch.long),
-            "pixel_values": torch.as_tensor(pixels),
-            "image_grid_thw": torch.as_tensor(inputs["image_grid_thw"][prompt : prompt + 1]),
+            "pixel_values": torch.as_tensor(prompt["pixel_values"]),
+            "image_grid_thw": torch.as_tensor(prompt["image_grid_thw"]),
         }
         with torch.no_grad():
             logits = hf(**t, mm_token_type_ids=(t["input_ids"] == hf_models.IMAGE).long()).logits
         logp = torch.log_softmax(logits[0].double(), dim=-1).numpy()
-        start = int(keep.sum())  # the first completion token is predicted at position P - 1
+        start = len(prompt["input_ids"])  # the first completion token is predicted at P - 1
         theirs = logp[np.arange(start - 1, start - 1 + n), tokens[row, :n]]
         np.testing.assert_allclose(ours[row, :n], theirs, atol=2e-4, err_msg=f"row {row}")

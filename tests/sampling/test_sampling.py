@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from perception_rl.models import from_pretrained
+from perception_rl.models.qwen_vl import prompts
 from perception_rl.models.qwen_vl.model import default_position_ids
 from perception_rl.parallel import make_mesh
 from perception_rl.sampling import generate
@@ -33,6 +34,11 @@ def prompt_batch(model):
     return batch
 
 
+def layout(model, batch):
+    """The batch-major prompts `generate` reads (the train step's layout)."""
+    return prompts.prompt_batch(batch, model.config, pad_id=2)
+
+
 def hf_greedy(hf, batch, n):
     import torch
 
@@ -56,7 +62,7 @@ def test_greedy_matches_hf_generate(checkpoint):
     batch = prompt_batch(model)
     ours = generate(
         model,
-        batch,
+        layout(model, batch),
         max_new_tokens=32,
         key=jax.random.key(0),
         temperature=0,
@@ -77,7 +83,7 @@ def test_logprobs_equal_a_fresh_forward(checkpoint):
     temperature, n = 0.7, 12
     out = generate(
         model,
-        batch,
+        layout(model, batch),
         max_new_tokens=n,
         key=jax.random.key(1),
         num_samples=2,
@@ -136,9 +142,9 @@ def test_same_key_same_tokens_and_eos_padding(checkpoint):
         eos_ids=(EOS, 5, 6, 7),
         pad_id=2,
     )
-    a = generate(model, batch, key=jax.random.key(7), **kw)
-    b = generate(model, batch, key=jax.random.key(7), **kw)
-    c = generate(model, batch, key=jax.random.key(8), **kw)
+    a = generate(model, layout(model, batch), key=jax.random.key(7), **kw)
+    b = generate(model, layout(model, batch), key=jax.random.key(7), **kw)
+    c = generate(model, layout(model, batch), key=jax.random.key(8), **kw)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     assert not np.array_equal(a.tokens, c.tokens)
     for row, n in enumerate(a.lengths):
@@ -154,7 +160,8 @@ def test_sharded_greedy_equals_unsharded(checkpoint):
     batch = prompt_batch(plain)
     kw = dict(max_new_tokens=16, key=jax.random.key(0), temperature=0, eos_ids=(EOS,), pad_id=2)
     np.testing.assert_array_equal(
-        generate(sharded, batch, **kw).tokens, generate(plain, batch, **kw).tokens
+        generate(sharded, layout(plain, batch), **kw).tokens,
+        generate(plain, layout(plain, batch), **kw).tokens,
     )
 
 
@@ -163,7 +170,7 @@ def test_bf16_sampling_runs(checkpoint):
     model = from_pretrained(path, dtype=jnp.bfloat16)
     out = generate(
         model,
-        prompt_batch(model),
+        layout(model, prompt_batch(model)),
         max_new_tokens=8,
         key=jax.random.key(0),
         num_samples=2,
@@ -194,7 +201,7 @@ def test_token_frequencies_match_filtered_distribution():
     temperature, top_k, top_p, draws = 0.8, 10, 0.8, 4000
     out = generate(
         model,
-        batch,
+        layout(model, batch),
         max_new_tokens=1,
         key=jax.random.key(0),
         num_samples=draws,
@@ -258,8 +265,8 @@ def test_greedy_with_repetition_penalty_matches_hf_generate(checkpoint, penalty)
     batch = prompt_batch(model)
     kw = {"max_new_tokens": 24, "temperature": 0, "eos_ids": (EOS,), "pad_id": 2}
     kw["key"] = jax.random.key(0)
-    ours = generate(model, batch, repetition_penalty=penalty, **kw)
-    plain = generate(model, batch, **kw)
+    ours = generate(model, layout(model, batch), repetition_penalty=penalty, **kw)
+    plain = generate(model, layout(model, batch), **kw)
     for row in range(len(batch["input_ids"])):
         theirs = hf_row_greedy(hf, _row_inputs(batch, row), 24, penalty)
         n = ours.lengths[row]
@@ -302,3 +309,13 @@ def test_top_k_top_p_support_equals_hf_warpers():
         np.put_along_axis(ours, np.asarray(indices), np.asarray(jax.nn.softmax(values, -1)), -1)
         np.testing.assert_array_equal(ours > 0, theirs > 0)
         np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_a_processor_batch_is_refused_with_the_conversion_named(checkpoint):
+    _, path = checkpoint
+    model = from_pretrained(path)
+    with pytest.raises(
+        ValueError,
+        match=r"batch-major prompts.*got pixel_values \(128, 1176\).*prompts.prompt_batch",
+    ):
+        generate(model, prompt_batch(model), max_new_tokens=4, key=jax.random.key(0))
