@@ -18,6 +18,13 @@ reference during the update). It exits with status 1 and one line naming the pro
 bytes needed and the bytes available when something does not fit. `--topology=gpu:8` (or
 h100:8, a100:8) plans on 8 virtual CPU devices: XLA's CPU memory analysis, an estimate.
 
+`--extrapolate_depth`: a 2-7B update takes the TPU compiler over an hour on a 2-core machine,
+roughly in proportion to the layers, so each program is compiled at three reduced depths
+(`fit_depths`: 2/2, 4/2, 2/4 decoder layers / vision blocks, or `--fit_depth=1`: 1/1, 2/1, 1/2;
+`--depths` to choose) and every figure is extrapolated linearly in the layer counts to the
+model's depth (`extrapolate_programs`); the resident state is the full model's, exactly. The
+report says so. `--cache=DIR` keeps each compiled program's figures by the hash of its HLO.
+
 Longer than ~400 lines on purpose: topology table, abstract inputs, lowering of each program
 and the report are one pipeline used only by this command.
 """
@@ -142,6 +149,16 @@ class Depth:
     @property
     def vision(self) -> int:
         return self.vision_windowed + self.vision_full
+
+    @classmethod
+    def parse(cls, text: str) -> Depth:
+        """ "T/V" (Qwen2-VL) or "T/W+F" (windowed + full-attention vision blocks)."""
+        try:
+            t, _, v = text.partition("/")
+            w, plus, f = v.partition("+")
+            return cls(int(t), int(w), int(f)) if plus else cls(int(t), 0, int(v))
+        except ValueError:
+            raise PlanError(f"depth {text!r}; expected T/V or T/W+F, e.g. 2/2 or 2/2+1.") from None
 
     def __str__(self) -> str:
         if not self.vision_windowed:
@@ -662,7 +679,7 @@ def make_plan(
     mode: str = "train",
     only: str | None = None,
     state_only: bool = False,
-    extrapolate: bool | int = False,
+    extrapolate: bool | int | list = False,
     log=None,
     cache: str | None = None,
 ) -> Plan:
@@ -672,7 +689,7 @@ def make_plan(
     state, reference): a lower bound, seconds instead of minutes.
 
     `extrapolate`: compile each program at the reduced depths of `fit_depths` (an int: their
-    smallest layer count, default 2) and extrapolate every figure linearly in the layer counts
+    smallest layer count, default 2; a list: those depths, `Depth.parse`) and extrapolate every figure linearly in the layer counts
     to the model's depth (`extrapolate_programs`); what stays resident is the full model's.
     `log(text)` is told each compile's time; `cache`: see `compile_programs`."""
     s = setup(config, topology, mesh_shape, mode)
@@ -689,7 +706,10 @@ def make_plan(
         return result([Program("train state", state_bytes, 0, 0, 0, 0, 0, 0, 0)])
     if not extrapolate:
         return result(compile_programs(config, s, shapes, only, log, cache=cache))
-    depths = fit_depths(full, 2 if extrapolate is True else int(extrapolate))
+    if isinstance(extrapolate, (list, tuple)):  # explicit reduced depths
+        depths = [d if isinstance(d, Depth) else Depth.parse(d) for d in extrapolate]
+    else:
+        depths = fit_depths(full, 2 if extrapolate is True else int(extrapolate))
     runs = []
     for depth in depths:
         reduced = setup(config, topology, mesh_shape, mode, depth)
@@ -751,6 +771,23 @@ _FIGURES = (
 )
 
 
+def _linear_fit(x, y):
+    """Least squares of y on x's columns (an intercept, then layer counts), with no layer
+    coefficient below 0: a figure that shrank as layers were added (XLA fused or scheduled
+    the smaller program differently) is held at the largest compile's value instead of being
+    extrapolated downwards over tens of layers, which errs on the side of "does not fit"."""
+    import numpy as np
+
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    if (coef[1:] >= 0).all():
+        return coef
+    keep = np.concatenate([[True], coef[1:] > 0])
+    coef = np.zeros_like(coef)
+    coef[keep] = np.linalg.lstsq(x[:, keep], y, rcond=None)[0]
+    coef[0] += max(0.0, float(np.max(y - x @ coef)))  # cover every compile
+    return coef
+
+
 def extrapolate_programs(runs: list[tuple[Depth, list[Program]]], full: Depth) -> list[Program]:
     """Each figure of each program fitted as a + b·L_t + c·L_v through the reduced depths'
     compiles (`fit_depths`), evaluated at `full`.
@@ -758,8 +795,9 @@ def extrapolate_programs(runs: list[tuple[Depth, list[Program]]], full: Depth) -
     Arguments, outputs and aliased bytes are sums over parameters, so exactly linear; FLOPs and
     bytes accessed are sums over layers; temporaries are linear where every layer keeps the
     same saved activations and one layer's working set is live at a time (rematerialisation),
-    which `tests/test_plan.py` checks against a real compile. A program refused for lack of
-    HBM at any reduced depth has only its temporaries fitted."""
+    which `tests/test_plan.py` checks against a real compile; a negative layer term is held at
+    0 (`_linear_fit`). A program refused for lack of HBM at any reduced depth has only its
+    temporaries fitted."""
     import numpy as np
 
     rows = [(1, d.text, d.vision) for d, _ in runs]
@@ -778,7 +816,7 @@ def extrapolate_programs(runs: list[tuple[Depth, list[Program]]], full: Depth) -
                 values[field] = 0.0
                 continue
             y = np.array([getattr(p, field) for p in column], dtype=np.float64)
-            coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+            coef = _linear_fit(x, y)
             values[field] = max(float(target @ coef), 0.0)
             if field == "temporaries":
                 per_layer = tuple(float(c) for c in coef)
@@ -871,6 +909,7 @@ def main(argv=None) -> int:
             "compile at a few reduced depths and extrapolate linearly to the model's layers",
         )
         flags.DEFINE_integer("fit_depth", 2, "smallest layer count of the reduced depths")
+        flags.DEFINE_list("depths", None, "reduced depths to fit, e.g. 2/2,4/2,2/4 (any order)")
         flags.DEFINE_string("cache", None, "directory keeping each compiled program's figures")
         flags.DEFINE_bool("plan_topology", True, "internal: flags defined")
     argv = flags.FLAGS(sys.argv if argv is None else argv)
@@ -885,7 +924,9 @@ def main(argv=None) -> int:
             flags.FLAGS.mode,
             flags.FLAGS.only,
             flags.FLAGS.state_only,
-            flags.FLAGS.fit_depth if flags.FLAGS.extrapolate_depth else False,
+            (flags.FLAGS.depths or flags.FLAGS.fit_depth)
+            if flags.FLAGS.extrapolate_depth
+            else False,
             log=lambda text: print(f"perception_rl.plan: {text}", file=sys.stderr, flush=True),
             cache=flags.FLAGS.cache,
         )
