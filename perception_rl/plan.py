@@ -781,10 +781,8 @@ def _linear_fit(x, y):
     coef = np.linalg.lstsq(x, y, rcond=None)[0]
     if (coef[1:] >= 0).all():
         return coef
-    keep = np.concatenate([[True], coef[1:] > 0])
-    coef = np.zeros_like(coef)
-    coef[keep] = np.linalg.lstsq(x[:, keep], y, rcond=None)[0]
-    coef[0] += max(0.0, float(np.max(y - x @ coef)))  # cover every compile
+    coef[1:] = np.maximum(coef[1:], 0.0)
+    coef[0] = float(np.max(y - x[:, 1:] @ coef[1:]))  # the intercept covers every compile
     return coef
 
 
