@@ -192,8 +192,8 @@ def fit_depths(full: Depth, low: int = 2) -> list[Depth]:
     `low` vision blocks, then `low` more of each. Qwen2.5-VL's have `low` (then 2·`low`)
     windowed blocks and one full-attention block (its largest working set; jit drops an input
     no block reads, so both kinds must be there); `extrapolate_programs` counts the model's
-    other full-attention blocks as windowed ones (the same parameters and saved activations;
-    only their extra attention FLOPs and bytes are left out)."""
+    other full-attention blocks as windowed ones (the same parameters, saved activations and,
+    a window being a mask here, the same FLOPs)."""
     if full.vision_windowed:
         return [Depth(low, low, 1), Depth(2 * low, low, 1), Depth(low, 2 * low, 1)]
     return [Depth(low, 0, low), Depth(2 * low, 0, low), Depth(low, 0, 2 * low)]
