@@ -35,21 +35,36 @@ from bench_models import bench_prompts, build_bench_checkpoint
 SETTINGS = {"temperature": 1.0, "top_k": 50, "top_p": 0.9}
 
 
+def sampler_prompts(processor_batch: dict, config) -> tuple[dict, dict]:
+    """(what `generate` takes, what its `_prefill` takes) for the revision on the path.
+
+    Since the one prompt layout both are the train step's batch-major prompts, converted once
+    here (untimed), as rollouts hand them over; `--against` an older revision gets the
+    processor batch that its `generate` padded itself.
+    """
+    try:
+        from perception_rl.models.qwen_vl import prompts
+    except ImportError:  # a revision before models/qwen_vl/prompts.py
+        from perception_rl.sampling import sampler
+
+        return processor_batch, sampler.pad_prompt_batch(processor_batch, config)
+    prompt = prompts.prompt_batch(processor_batch, config, pad_id=0)
+    return prompt, prompt
+
+
 def worker_ours(path: str, batch_size: int, new_tokens: int, repeats: int) -> None:
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
     from perception_rl.models import from_pretrained
-    from perception_rl.models.qwen_vl import prompts
     from perception_rl.sampling import generate, sampler
 
     harness.set_torch_threads()
     model = from_pretrained(path)
-    # The train step's layout, as rollouts hand it to the sampler (converted once, untimed).
-    prompt = prompts.prompt_batch(bench_prompts(path, batch_size), model.config, pad_id=0)
+    batch, prompt = sampler_prompts(bench_prompts(path, batch_size), model.config)
     run = lambda seed: generate(
-        model, prompt, max_new_tokens=new_tokens, key=jax.random.key(seed), eos_ids=(), **SETTINGS
+        model, batch, max_new_tokens=new_tokens, key=jax.random.key(seed), eos_ids=(), **SETTINGS
     )
     run(0)  # compile
     times = []

@@ -10,5 +10,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax
+import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="module")
+def processor():
+    """The shipped tiny tokenizer's processor."""
+    from perception_rl.processing import Processor, tiny_tokenizer_path
+
+    return Processor.from_pretrained(tiny_tokenizer_path())
+
+
+@pytest.fixture(scope="module")
+def examples():
+    """Three counting examples of different image sizes: prompts differ in length and patches."""
+    from perception_rl.data import synthetic
+
+    config = synthetic.SyntheticConfig(min_size=112, max_size=224)
+    return [synthetic.generate_example("counting", i, config=config) for i in range(3)]

@@ -40,6 +40,21 @@ def test_config_builds_for_each_task(arg, task):
     assert config.eval.split != config.data.split  # evaluated on held-out examples
 
 
+def test_grounding_uses_a_tiny_model_that_can_tell_positions_apart():
+    """Grounding gets the synthetic model with rope_theta 2 (README "The main job"); counting
+    keeps the default preset and data."""
+    grounding, counting = synthetic.get_config("grounding"), synthetic.get_config()
+    assert preset(grounding.model).text.rope_theta == 2.0
+    assert preset(counting.model).text.rope_theta == 1e6
+    assert preset(grounding.model).replace(text=preset(counting.model).text) == preset(
+        counting.model
+    )
+    assert counting.sft.num_steps == 800 and tuple(counting.data.synthetic.object_scale) == (
+        0.2,
+        0.3,
+    )
+
+
 # What perception_rl.main does with its flags: app.run parses them, the config section `reward`
 # becomes the reward's options.
 _PRINT_REWARD_OPTIONS = """

@@ -56,7 +56,7 @@ def test_runner_writes_scores_for_likelihood_scored_detection(monkeypatch):
     from perception_rl.eval import runner
     from perception_rl.models.qwen_vl import tiny
     from perception_rl.policy import make_processor
-    from perception_rl.processing import tiny_tokenizer_path
+    from perception_rl.processing import TINY_TOKEN_IDS, tiny_tokenizer_path
     from perception_rl.tasks import get_task
 
     task = get_task("detection", label_names=synthetic.LABELS, score_detections="likelihood")
@@ -66,7 +66,7 @@ def test_runner_writes_scores_for_likelihood_scored_detection(monkeypatch):
     monkeypatch.setattr(
         "perception_rl.sampling.generate", OracleGenerate(task, "qwen2_5_vl", processor, examples)
     )
-    model = types.SimpleNamespace(config=types.SimpleNamespace(family="qwen2_5_vl"))
+    model = types.SimpleNamespace(config=tiny("qwen2_5_vl", **TINY_TOKEN_IDS))
     records, annotations = runner.predict(
         task, model, processor, examples, "qwen2_5_vl", batch_size=2, max_new_tokens=8
     )

@@ -12,7 +12,7 @@ from perception_rl.errors import ConfigError
 from perception_rl.eval import protocol, runner
 from perception_rl.models.qwen_vl import tiny
 from perception_rl.policy import make_processor
-from perception_rl.processing import tiny_tokenizer_path
+from perception_rl.processing import TINY_TOKEN_IDS, tiny_tokenizer_path
 from perception_rl.tasks import get_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ def test_every_split_in_one_table_with_the_papers_rows(tmp_path, monkeypatch):
     ]
     oracle = OracleGenerate(task, family, processor, examples)
     monkeypatch.setattr("perception_rl.sampling.generate", oracle)
-    model = types.SimpleNamespace(config=types.SimpleNamespace(family=family))
+    model = types.SimpleNamespace(config=tiny(family, **TINY_TOKEN_IDS))
     result = protocol.run(config, tmp_path, load_policy=lambda _: (model, processor))
     assert oracle.options == {"repetition_penalty": 1.05}  # PR1's grounding decoding
     # The oracle answers every expression exactly: Acc@0.5 is 100 on both splits.
@@ -175,7 +175,7 @@ def test_runner_decodes_with_the_configs_repetition_penalty(tmp_path, monkeypatc
     examples = [synthetic.generate_example("counting", i, split="val") for i in range(2)]
     oracle = OracleGenerate(task, "qwen2_5_vl", processor, examples)
     monkeypatch.setattr("perception_rl.sampling.generate", oracle)
-    model = types.SimpleNamespace(config=types.SimpleNamespace(family="qwen2_5_vl"))
+    model = types.SimpleNamespace(config=tiny("qwen2_5_vl", **TINY_TOKEN_IDS))
     result = runner.evaluate(config, tmp_path, load_policy=lambda _: (model, processor))
     assert oracle.options == {"repetition_penalty": 1.05}
     assert result.metrics["accuracy"] == 1.0

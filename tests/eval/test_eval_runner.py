@@ -201,7 +201,7 @@ def test_oracle_completions_score_perfectly(name, family, tmp_path, monkeypatch)
     monkeypatch.setattr(
         "perception_rl.sampling.generate", OracleGenerate(task, family, processor, examples)
     )
-    model = types.SimpleNamespace(config=types.SimpleNamespace(family=family))
+    model = types.SimpleNamespace(config=tiny(family, **TINY_TOKEN_IDS))
     result = runner.evaluate(config, tmp_path, load_policy=lambda _: (model, processor))
     records = runner.read_predictions(result.predictions_path)
     high = {"dip": 2.0}.get(task.reward) or rewards.value_range(

@@ -8,26 +8,13 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from perception_rl.data import synthetic
 from perception_rl.models.qwen_vl import QwenVL, prompts, tiny
-from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
+from perception_rl.processing import TINY_TOKEN_IDS
 from perception_rl.rl import batch as batch_lib
 from perception_rl.tasks import get_task
 from perception_rl.testing import hf_models
 
 CONFIG = tiny("qwen2_5_vl", **TINY_TOKEN_IDS)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return Processor.from_pretrained(tiny_tokenizer_path())
-
-
-@pytest.fixture(scope="module")
-def examples():
-    # Different image sizes, so prompts differ in length and patch count.
-    config = synthetic.SyntheticConfig(min_size=112, max_size=224)
-    return [synthetic.generate_example("counting", i, config=config) for i in range(3)]
 
 
 def test_processor_batch_and_training_records_give_the_same_prompts(processor, examples):

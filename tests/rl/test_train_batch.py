@@ -2,30 +2,16 @@
 from several draws (the prompt layout itself: tests/models/test_prompts.py)."""
 
 import numpy as np
-import pytest
 
-from perception_rl.data import synthetic
 from perception_rl.models.qwen_vl import prompts as prompts_lib
 from perception_rl.models.qwen_vl import tiny
-from perception_rl.processing import TINY_TOKEN_IDS, Processor, tiny_tokenizer_path
+from perception_rl.processing import TINY_TOKEN_IDS
 from perception_rl.rl import batch as batch_lib
 from perception_rl.rl import grpo
 from perception_rl.rl.rollouts import Draw, RolloutCollector, RolloutConfig
 from perception_rl.tasks import get_task
 
 VISION = tiny("qwen2_5_vl", **TINY_TOKEN_IDS).vision
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return Processor.from_pretrained(tiny_tokenizer_path())
-
-
-@pytest.fixture(scope="module")
-def examples():
-    # Different image sizes, so prompts differ in length and patch count.
-    config = synthetic.SyntheticConfig(min_size=112, max_size=224)
-    return [synthetic.generate_example("counting", i, config=config) for i in range(3)]
 
 
 def records(processor, examples, with_answer=False):

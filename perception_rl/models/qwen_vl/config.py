@@ -352,6 +352,7 @@ def tiny(
     num_layers: int = 2,
     vision_width: int = 32,
     vision_depth: int = 2,
+    rope_theta: float = 1e6,
     **token_ids,
 ) -> QwenVLConfig:
     """A small model with every code path active, matching the shipped tiny tokenizer.
@@ -370,6 +371,7 @@ def tiny(
         num_heads=heads,
         num_kv_heads=heads // 2,
         mrope_section=section,
+        rope_theta=rope_theta,
         max_position_embeddings=4096,
     )
     vheads = 4
@@ -405,6 +407,13 @@ PRESETS = {
     # The main job (configs/synthetic.py): wide enough to learn the synthetic tasks on CPU.
     "qwen2p5_vl_tiny_synthetic": lambda: tiny(
         "qwen2_5_vl", hidden_size=128, num_layers=3, vision_width=64
+    ),
+    # configs/synthetic.py:grounding: the same model with rope_theta 2. At 1e6 the M-RoPE
+    # height and width sections of a 32-wide head get 0.03-0.0006 and 2e-4-1e-6 rad per
+    # position, so 4x4 merged tokens are almost indistinguishable by position and the policy
+    # cannot tell where the referent is (SFT centre error uncorrelated with the target).
+    "qwen2p5_vl_tiny_synthetic_grounding": lambda: tiny(
+        "qwen2_5_vl", hidden_size=128, num_layers=3, vision_width=64, rope_theta=2.0
     ),
 }
 
