@@ -18,6 +18,13 @@ reference during the update). It exits with status 1 and one line naming the pro
 bytes needed and the bytes available when something does not fit. `--topology=gpu:8` (or
 h100:8, a100:8) plans on 8 virtual CPU devices: XLA's CPU memory analysis, an estimate.
 
+`--extrapolate_depth`: a 2-7B update takes the TPU compiler over an hour on a 2-core machine,
+roughly in proportion to the layers, so each program is compiled at three reduced depths
+(`fit_depths`: 2/2, 4/2, 2/4 decoder layers / vision blocks, or `--fit_depth=1`: 1/1, 2/1, 1/2;
+`--depths` to choose) and every figure is extrapolated linearly in the layer counts to the
+model's depth (`extrapolate_programs`); the resident state is the full model's, exactly. The
+report says so. `--cache=DIR` keeps each compiled program's figures by the hash of its HLO.
+
 Longer than ~400 lines on purpose: topology table, abstract inputs, lowering of each program
 and the report are one pipeline used only by this command.
 """
@@ -103,8 +110,9 @@ def chip_and_devices(topology: str):
 
 
 # ------------------------------------------------------------------------------ policy
-def abstract_policy(config, mesh):
-    """(graphdef, abstract params, model config) exactly as `policy.load_policy` builds them."""
+def abstract_policy(config, mesh, depth: Depth | None = None):
+    """(graphdef, abstract params, model config) exactly as `policy.load_policy` builds them;
+    with `depth`, the same architecture with fewer layers (`with_depth`)."""
     import jax.numpy as jnp
 
     from perception_rl import policy as policy_lib
@@ -121,10 +129,74 @@ def abstract_policy(config, mesh):
             model_config = policy_lib.preset_architecture(name, tokenizer_dir)
         else:  # no tokenizer at hand: the preset's own Qwen ids (shapes are the same)
             model_config = preset(name)
+    if depth is not None:
+        model_config = with_depth(model_config, depth)
     graphdef, params, _ = policy_lib.abstract_policy(
         model_config, jnp.dtype(config.dtype), config.seed, mesh, policy_lib.partition_rules(config)
     )
     return graphdef, params, model_config
+
+
+# ------------------------------------------------------------------------------- depth
+@dataclasses.dataclass(frozen=True)
+class Depth:
+    """Layer counts of a model: decoder layers, windowed and full-attention vision blocks."""
+
+    text: int
+    vision_windowed: int
+    vision_full: int
+
+    @property
+    def vision(self) -> int:
+        return self.vision_windowed + self.vision_full
+
+    @classmethod
+    def parse(cls, text: str) -> Depth:
+        """ "T/V" (Qwen2-VL) or "T/W+F" (windowed + full-attention vision blocks)."""
+        try:
+            t, _, v = text.partition("/")
+            w, plus, f = v.partition("+")
+            return cls(int(t), int(w), int(f)) if plus else cls(int(t), 0, int(v))
+        except ValueError:
+            raise PlanError(f"depth {text!r}; expected T/V or T/W+F, e.g. 2/2 or 2/2+1.") from None
+
+    def __str__(self) -> str:
+        if not self.vision_windowed:
+            return f"{self.text}/{self.vision_full}"
+        return f"{self.text}/{self.vision_windowed}+{self.vision_full}"
+
+
+def model_depth(model_config) -> Depth:
+    v = model_config.vision
+    windowed = sum(
+        bool(v.window_tokens) and i not in v.fullatt_block_indexes for i in range(v.depth)
+    )
+    return Depth(model_config.text.num_layers, windowed, v.depth - windowed)
+
+
+def with_depth(model_config, depth: Depth):
+    """`model_config` with `depth`'s layers; full-attention blocks spread evenly and last in
+    their group, as Qwen2.5-VL places them (7, 15, 23, 31 of 32)."""
+    v = model_config.vision
+    blocks = depth.vision
+    full = tuple(round((k + 1) * blocks / depth.vision_full) - 1 for k in range(depth.vision_full))
+    if not v.window_tokens:  # Qwen2-VL: every block attends to the whole image
+        full, blocks = v.fullatt_block_indexes, depth.vision_full
+    vision = dataclasses.replace(v, depth=blocks, fullatt_block_indexes=full)
+    text = dataclasses.replace(model_config.text, num_layers=depth.text)
+    return model_config.replace(vision=vision, text=text)
+
+
+def fit_depths(full: Depth, low: int = 2) -> list[Depth]:
+    """The fewest reduced depths that fit a + b·L_t + c·L_v: a base of `low` decoder layers and
+    `low` vision blocks, then `low` more of each. Qwen2.5-VL's have `low` (then 2·`low`)
+    windowed blocks and one full-attention block (its largest working set; jit drops an input
+    no block reads, so both kinds must be there); `extrapolate_programs` counts the model's
+    other full-attention blocks as windowed ones (the same parameters, saved activations and,
+    a window being a mask here, the same FLOPs)."""
+    if full.vision_windowed:
+        return [Depth(low, low, 1), Depth(2 * low, low, 1), Depth(low, 2 * low, 1)]
+    return [Depth(low, 0, low), Depth(2 * low, 0, low), Depth(low, 0, 2 * low)]
 
 
 # ------------------------------------------------------------------------------- shapes
@@ -233,6 +305,8 @@ class Program:
     repeats: int = 1  # the decode loop's body runs once per new token
     resident: float = 0.0
     refused: bool = False  # the compiler refused it for lack of HBM (temporaries as it said)
+    # Extrapolated programs: temporaries' fit a + b·L_t + c·L_v in bytes, (a, b, c).
+    temporaries_per_layer: tuple[float, ...] = ()
 
     @property
     def peak(self) -> float:
@@ -363,6 +437,8 @@ class Plan:
     programs: list[Program]
     sampler_calls: int = 1  # chunks of prompts per step
     estimate: Estimate | None = None
+    depth: Depth | None = None  # the model's layers
+    fitted_from: tuple[Depth, ...] = ()  # reduced depths the figures were extrapolated from
 
     @property
     def peak(self) -> Program:
@@ -484,14 +560,18 @@ class Setup:
     model_config: Any
     step_fn: Any
     mode: str
+    topology: str = ""
 
     @property
     def grpo(self) -> bool:
         return self.mode == "train"
 
 
-def setup(config, topology: str, mesh_shape=None, mode: str = "train") -> Setup:
-    """The trainer's mesh, policy graph and `TrainStep`, built by the trainer's own functions."""
+def setup(
+    config, topology: str, mesh_shape=None, mode: str = "train", depth: Depth | None = None
+) -> Setup:
+    """The trainer's mesh, policy graph and `TrainStep`, built by the trainer's own functions;
+    with `depth`, for the same architecture with fewer layers."""
     from perception_rl.parallel import make_mesh
     from perception_rl.policy import Policy
     from perception_rl.rl import loop, runtime, sft, trainer
@@ -501,7 +581,7 @@ def setup(config, topology: str, mesh_shape=None, mode: str = "train") -> Setup:
         mesh = make_mesh(tuple(mesh_shape or config.mesh_shape), devices)
     except ValueError as e:
         raise PlanError(f"mesh: {e}") from None
-    graphdef, params, model_config = abstract_policy(config, mesh)
+    graphdef, params, model_config = abstract_policy(config, mesh, depth)
     if mode == "train":
         runtime.check_rl(config.rl)
         settings, optim, updates = trainer.step_config(config), config.optim, config.train.num_steps
@@ -509,7 +589,7 @@ def setup(config, topology: str, mesh_shape=None, mode: str = "train") -> Setup:
         settings, optim, updates = sft.step_config(config), config.sft.optim, config.sft.num_steps
     policy = Policy(graphdef, params, model_config, None, "")
     step_fn = loop.make_train_step(config, policy, mesh, settings, optim, updates)
-    return Setup(chip, devices, mesh, graphdef, params, model_config, step_fn, mode)
+    return Setup(chip, devices, mesh, graphdef, params, model_config, step_fn, mode, topology)
 
 
 def resident_bytes(config, s: Setup) -> dict[str, float]:
@@ -522,6 +602,19 @@ def resident_bytes(config, s: Setup) -> dict[str, float]:
         "optimizer": per_chip_bytes(state.opt_state),
         "reference": reference,
     }
+
+
+def resident_of(name: str, held: dict[str, float]) -> float:
+    """What stays in HBM beside program `name`'s own buffers (`resident_bytes`' parts): the
+    optimiser and the reference while sampling, the policy's whole state while the reference
+    scores, the reference during the update."""
+    if name == "reference log-probs":
+        return held["weights"] + held["optimizer"]
+    if name.startswith("sampler") or name == "old-policy log-probs":
+        return held["optimizer"] + held["reference"]
+    if name == "grpo update":
+        return held["reference"]
+    return 0.0
 
 
 def lowerings(
@@ -543,7 +636,7 @@ def lowerings(
     batch = abstract_batch(shapes, s.model_config, step_fn.batch_sharding, grpo=s.grpo)
     held = resident_bytes(config, s)
     if not s.grpo:
-        return [("sft update", step_fn.update.lower(state, batch), 1, 0.0)]
+        return [("sft update", step_fn.update.lower(state, batch), 1, resident_of("sft", held))]
     if shapes.prompts % shapes.sampler_chunk:
         raise PlanError(
             f"rl.sampler_chunk={shapes.sampler_chunk} does not divide {shapes.prompts} prompts."
@@ -552,7 +645,7 @@ def lowerings(
     out = []
     if wanted("sampler prefill") or wanted("sampler decode"):
         out = [
-            (name, lowered, repeats, held["optimizer"] + held["reference"])
+            (name, lowered, repeats, resident_of(name, held))
             for name, lowered, repeats in sampler_lowerings(
                 s.graphdef, state.params, shapes, s.model_config, s.mesh, rollout
             )
@@ -563,17 +656,19 @@ def lowerings(
     )
     if held["reference"] and wanted("reference log-probs"):
         lowered = step_fn.logprobs.lower(s.params, batch)
-        out.append(("reference log-probs", lowered, 1, held["weights"] + held["optimizer"]))
+        out.append(("reference log-probs", lowered, 1, resident_of("reference log-probs", held)))
     if held["reference"]:
         completions["ref_logps"] = logps
     if config.rl.num_iterations > 1 and wanted("old-policy log-probs"):
         lowered = step_fn.logprobs.lower(state.params, dict(batch, completions=dict(completions)))
-        out.append(("old-policy log-probs", lowered, 1, held["optimizer"] + held["reference"]))
+        name = "old-policy log-probs"
+        out.append((name, lowered, 1, resident_of(name, held)))
     if config.rl.num_iterations > 1:
         completions["old_logps"] = logps
     batch = dict(batch, completions=completions)
     if wanted("grpo update"):
-        out.append(("grpo update", step_fn.update.lower(state, batch), 1, held["reference"]))
+        lowered = step_fn.update.lower(state, batch)
+        out.append(("grpo update", lowered, 1, resident_of("grpo update", held)))
     return [entry for entry in out if wanted(entry[0])]
 
 
@@ -584,25 +679,149 @@ def make_plan(
     mode: str = "train",
     only: str | None = None,
     state_only: bool = False,
+    extrapolate: bool | int | list = False,
+    log=None,
+    cache: str | None = None,
 ) -> Plan:
     """Compiles every program of one step of `config` for `topology`; see the module doc.
 
     `state_only`: no compile, only the buffers that live across the step (weights, optimiser
-    state, reference): a lower bound, seconds instead of minutes."""
+    state, reference): a lower bound, seconds instead of minutes.
+
+    `extrapolate`: compile each program at the reduced depths of `fit_depths` (an int: their
+    smallest layer count, default 2; a list: those depths, `Depth.parse`) and extrapolate every figure linearly in the layer counts
+    to the model's depth (`extrapolate_programs`); what stays resident is the full model's.
+    `log(text)` is told each compile's time; `cache`: see `compile_programs`."""
     s = setup(config, topology, mesh_shape, mode)
     shapes = step_shapes(config, s.model_config, mode)
     calls = shapes.prompts // shapes.sampler_chunk if s.grpo else 1
     held = resident_bytes(config, s)
     timing = estimate(config, s.model_config, s.params, shapes, s.chip, len(s.devices))
     state_bytes = sum(held.values())
+    full = model_depth(s.model_config)
+    result = lambda programs, fitted=(): Plan(
+        s.chip, len(s.devices), dict(s.mesh.shape), shapes, programs, calls, timing, full, fitted
+    )
     if state_only or state_bytes > s.chip.hbm:  # no compile needed to know this one
-        program = Program("train state", state_bytes, 0, 0, 0, 0, 0, 0, 0)
-        return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, [program], calls, timing)
-    programs = [
-        measure(name, lowered, repeats=repeats, resident=resident)
-        for name, lowered, repeats, resident in lowerings(config, s, shapes, only)
-    ]
-    return Plan(s.chip, len(s.devices), dict(s.mesh.shape), shapes, programs, calls, timing)
+        return result([Program("train state", state_bytes, 0, 0, 0, 0, 0, 0, 0)])
+    if not extrapolate:
+        return result(compile_programs(config, s, shapes, only, log, cache=cache))
+    if isinstance(extrapolate, (list, tuple)):  # explicit reduced depths
+        depths = [d if isinstance(d, Depth) else Depth.parse(d) for d in extrapolate]
+    else:
+        depths = fit_depths(full, 2 if extrapolate is True else int(extrapolate))
+    runs = []
+    for depth in depths:
+        reduced = setup(config, topology, mesh_shape, mode, depth)
+        runs.append((depth, compile_programs(config, reduced, shapes, only, log, depth, cache)))
+    programs = extrapolate_programs(runs, full)
+    for program in programs:  # the full model's resident state, exactly
+        program.resident = resident_of(program.name, held)
+    return result(programs, tuple(depths))
+
+
+def compile_programs(
+    config, s: Setup, shapes: Shapes, only=None, log=None, depth=None, cache: str | None = None
+):
+    """`measure` of each of `lowerings`, timing each compile for `log`. With `cache` (a
+    directory), a program's figures are kept in a JSON file named by the hash of its HLO text
+    and the topology, and read from there instead of compiling the same program again."""
+    import hashlib
+    import json
+    import time
+
+    programs = []
+    at = f" at depth {depth}" if depth else ""
+    for name, lowered, repeats, resident in lowerings(config, s, shapes, only):
+        path = None
+        if cache:
+            text = f"{s.topology}\n{s.chip.name}\n{lowered.as_text()}"
+            digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+            path = os.path.join(cache, f"{name.replace(' ', '_')}-{digest}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    figures = json.load(f)
+                programs.append(Program(**dict(figures, repeats=repeats, resident=resident)))
+                if log:
+                    log(f"{name}{at}: figures from {path}")
+                continue
+        start = time.perf_counter()
+        program = measure(name, lowered, repeats=repeats, resident=resident)
+        programs.append(program)
+        if log:
+            log(f"compiled {name}{at} in {time.perf_counter() - start:.0f} s")
+        if path:
+            os.makedirs(cache, exist_ok=True)
+            figures = dataclasses.asdict(program)
+            with open(path + ".tmp", "w") as f:
+                json.dump({k: v for k, v in figures.items() if k not in ("repeats", "resident")}, f)
+            os.replace(path + ".tmp", path)
+    return programs
+
+
+_FIGURES = (
+    "arguments",
+    "outputs",
+    "aliased",
+    "temporaries",
+    "code",
+    "flops",
+    "bytes_accessed",
+    "cost_seconds",
+)
+
+
+def _linear_fit(x, y):
+    """Least squares of y on x's columns (an intercept, then layer counts), with no layer
+    coefficient below 0: a figure that shrank as layers were added (XLA fused or scheduled
+    the smaller program differently) is held at the largest compile's value instead of being
+    extrapolated downwards over tens of layers, which errs on the side of "does not fit"."""
+    import numpy as np
+
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    if (coef[1:] >= 0).all():
+        return coef
+    coef[1:] = np.maximum(coef[1:], 0.0)
+    coef[0] = float(np.max(y - x[:, 1:] @ coef[1:]))  # the intercept covers every compile
+    return coef
+
+
+def extrapolate_programs(runs: list[tuple[Depth, list[Program]]], full: Depth) -> list[Program]:
+    """Each figure of each program fitted as a + b·L_t + c·L_v through the reduced depths'
+    compiles (`fit_depths`), evaluated at `full`.
+
+    Arguments, outputs and aliased bytes are sums over parameters, so exactly linear; FLOPs and
+    bytes accessed are sums over layers; temporaries are linear where every layer keeps the
+    same saved activations and one layer's working set is live at a time (rematerialisation),
+    which `tests/test_plan.py` checks against a real compile; a negative layer term is held at
+    0 (`_linear_fit`). A program refused for lack of HBM at any reduced depth has only its
+    temporaries fitted."""
+    import numpy as np
+
+    rows = [(1, d.text, d.vision) for d, _ in runs]
+    windowed = any(d.vision_windowed for d, _ in runs)
+    if windowed and len({d.vision_full for d, _ in runs}) != 1:
+        raise PlanError(f"depths {[str(d) for d, _ in runs]}: mixed kinds of vision block.")
+    x = np.array(rows, dtype=np.float64)
+    target = np.array((1, full.text, full.vision), dtype=np.float64)
+    out = []
+    for index, program in enumerate(runs[0][1]):
+        column = [programs[index] for _, programs in runs]
+        refused = any(p.refused for p in column)
+        values, per_layer = {}, ()
+        for field in _FIGURES:
+            if refused and field != "temporaries":
+                values[field] = 0.0
+                continue
+            y = np.array([getattr(p, field) for p in column], dtype=np.float64)
+            coef = _linear_fit(x, y)
+            values[field] = max(float(target @ coef), 0.0)
+            if field == "temporaries":
+                per_layer = tuple(float(c) for c in coef)
+        out.append(
+            dataclasses.replace(program, **values, refused=refused, temporaries_per_layer=per_layer)
+        )
+    return out
 
 
 # ------------------------------------------------------------------------------- report
@@ -630,6 +849,18 @@ def report(plan: Plan) -> str:
             f"  {p.repeats * p.flops / 1e12:6.2f}  {p.repeats * p.bytes_accessed / 1e9:7.1f}"
             f"  {p.seconds(chip):6.2f}"
         )
+    if plan.fitted_from:
+        depths = ", ".join(str(d) for d in plan.fitted_from)
+        lines.append(
+            f"extrapolated to depth {plan.depth} (decoder layers / vision blocks) from compiles "
+            f"at depths {depths}: each figure linear in the layer counts; resident state exact"
+        )
+        for p in plan.programs:
+            if p.temporaries_per_layer:
+                terms = ", ".join(f"{c / GiB:+.3f}" for c in p.temporaries_per_layer)
+                lines.append(
+                    f"  {p.name}: temporaries GiB = a + b·L_t + c·L_v, (a, b, c) = ({terms})"
+                )
     if any(p.refused for p in plan.programs):
         lines.append(
             "* refused by the compiler for lack of HBM: temporaries as it reported them; "
@@ -670,6 +901,14 @@ def main(argv=None) -> int:
         flags.DEFINE_enum("mode", "train", ("train", "sft"), "GRPO or SFT programs")
         flags.DEFINE_string("only", None, "compile only programs whose name contains this")
         flags.DEFINE_bool("state_only", False, "no compile: weights + optimiser + reference")
+        flags.DEFINE_bool(
+            "extrapolate_depth",
+            False,
+            "compile at a few reduced depths and extrapolate linearly to the model's layers",
+        )
+        flags.DEFINE_integer("fit_depth", 2, "smallest layer count of the reduced depths")
+        flags.DEFINE_list("depths", None, "reduced depths to fit, e.g. 2/2,4/2,2/4 (any order)")
+        flags.DEFINE_string("cache", None, "directory keeping each compiled program's figures")
         flags.DEFINE_bool("plan_topology", True, "internal: flags defined")
     argv = flags.FLAGS(sys.argv if argv is None else argv)
     config = flags.FLAGS.config
@@ -683,6 +922,11 @@ def main(argv=None) -> int:
             flags.FLAGS.mode,
             flags.FLAGS.only,
             flags.FLAGS.state_only,
+            (flags.FLAGS.depths or flags.FLAGS.fit_depth)
+            if flags.FLAGS.extrapolate_depth
+            else False,
+            log=lambda text: print(f"perception_rl.plan: {text}", file=sys.stderr, flush=True),
+            cache=flags.FLAGS.cache,
         )
     except (PlanError, ValueError) as e:
         print(f"perception_rl.plan: {' '.join(str(e).split())}", file=sys.stderr)
