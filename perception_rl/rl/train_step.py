@@ -45,7 +45,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from perception_rl.models.qwen_vl.prompts import prompt_states
+from perception_rl.models.qwen_vl.prompts import next_positions, prompt_states
 from perception_rl.parallel import partitioning
 from perception_rl.rl import grpo
 from perception_rl.rl.logprobs import token_logprobs
@@ -184,8 +184,7 @@ def completion_logprobs(
     """
     tokens, prompt_mask = rows["tokens"], rows["prompt_mask"]
     (num_rows, length), prompt_length = tokens.shape, prompt_mask.shape[1]
-    positions = rows["prompt_positions"]
-    start = jnp.max(jnp.where(prompt_mask[:, None] > 0, positions, -1), axis=(1, 2)) + 1
+    start = next_positions(prompt_mask, rows["prompt_positions"])
     positions = jnp.broadcast_to((start[:, None] + jnp.arange(length))[None], (3, num_rows, length))
     keys = jnp.concatenate([prompt_mask > 0, rows["mask"] > 0], axis=1)  # [R, P + T]
     slot = jnp.arange(prompt_length + length)

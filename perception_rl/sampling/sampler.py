@@ -48,8 +48,8 @@ def _prefill(graphdef, state, prompt, *, cache_size: int, num_samples: int):
     model: QwenVL = nnx.merge(graphdef, state)
     states = prompts.prompt_states(model, prompt, cache_size=cache_size)
     logits = model.logits(states["last_hidden"]).astype(jnp.float32)
-    mask, positions = prompt["attention_mask"], prompt["position_ids"]
-    next_position = jnp.max(jnp.where(mask[:, None] > 0, positions, -1), axis=(1, 2)) + 1
+    mask = prompt["attention_mask"]
+    next_position = prompts.next_positions(mask, prompt["position_ids"])
     kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - mask.shape[1])))
     rep = lambda x: jnp.repeat(x, num_samples, axis=0)
     return jax.tree.map(rep, (states["kv"], logits, next_position, kv_mask))
@@ -191,7 +191,10 @@ def generate(
     pad_id = pad_id if pad_id is not None else (config.pad_token_id or 0)
     prompts.check_layout(prompt_batch)
     sizes = prompts.padded_sizes(prompt_batch)
-    prompt = prompts.repad_prompts(prompt_batch, prompts.bucketed_sizes(sizes), pad_id=pad_id)
+    bucketed = prompts.bucketed_sizes(sizes)
+    prompt = prompt_batch  # training's batches are already on a bucket: no host copy
+    if (bucketed != sizes).any():
+        prompt = prompts.repad_prompts(prompt_batch, bucketed, pad_id=pad_id)
     prompt_length = prompt["input_ids"].shape[1]
     graphdef, state = nnx.split(model)
     cache, logits, next_position, kv_mask = _prefill(

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perception_rl.models.qwen_vl.config import VisionConfig
-from perception_rl.models.qwen_vl.model import causal_mask
+from perception_rl.models.qwen_vl.model import causal_mask, default_position_ids
 from perception_rl.models.qwen_vl.vision import PAD_SEGMENT, vision_layout
 
 LAYOUT_KEYS = ("patch_rows", "patch_cols", "frame_segments", "window_segments")
@@ -166,8 +166,6 @@ def prompt_batch(batch: dict, config, *, pad_id: int) -> dict[str, np.ndarray]:
     """
     positions = None
     if "position_ids" not in batch:
-        from perception_rl.models.qwen_vl.model import default_position_ids
-
         positions = default_position_ids(
             config, batch["input_ids"], batch["attention_mask"], batch.get("image_grid_thw")
         )
@@ -273,6 +271,13 @@ def prompt_embeddings(
     index = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
     gathered = jnp.take_along_axis(features, index[..., None], axis=1)
     return jnp.where(is_image[..., None], gathered.astype(embeds.dtype), embeds)
+
+
+def next_positions(attention_mask: jax.Array, position_ids: jax.Array) -> jax.Array:
+    """[B] M-RoPE position of each prompt's first completion token: its last real position + 1
+    (decoding continues every row's positions from there, as HF does)."""
+    real = attention_mask[:, None] > 0
+    return jnp.max(jnp.where(real, position_ids, -1), axis=(1, 2)) + 1
 
 
 def _unconstrained(x):
