@@ -689,8 +689,9 @@ def make_plan(
     state, reference): a lower bound, seconds instead of minutes.
 
     `extrapolate`: compile each program at the reduced depths of `fit_depths` (an int: their
-    smallest layer count, default 2; a list: those depths, `Depth.parse`) and extrapolate every figure linearly in the layer counts
-    to the model's depth (`extrapolate_programs`); what stays resident is the full model's.
+    smallest layer count, default 2; a list: those depths, `Depth.parse`) and extrapolate every
+    figure linearly in the layer counts to the model's depth (`extrapolate_programs`); what
+    stays resident is the full model's.
     `log(text)` is told each compile's time; `cache`: see `compile_programs`."""
     s = setup(config, topology, mesh_shape, mode)
     shapes = step_shapes(config, s.model_config, mode)
