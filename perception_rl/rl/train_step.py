@@ -45,6 +45,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from perception_rl.models.qwen_vl import layers
 from perception_rl.models.qwen_vl.prompts import next_positions, prompt_states
 from perception_rl.parallel import partitioning
 from perception_rl.rl import grpo
@@ -280,6 +281,8 @@ class TrainStep:
         self.optimizer, self.schedule = optimizer, schedule
         replicated = NamedSharding(mesh, P())
         self.param_shardings = partitioning.state_shardings(params, mesh, rules)
+        # FSDP: each layer all-gathers its weights inside its remat (None on unsplit weights).
+        self.gather_weights = partitioning.weight_gatherer(mesh, rules)
         self.batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
         opt_shardings = optax.tree_map_params(
             optimizer,
@@ -296,16 +299,25 @@ class TrainStep:
             opt_state=opt_shardings,
         )
         self.update = jax.jit(
-            self._update,
+            self._with_gathered_weights(self._update),
             in_shardings=(self.state_shardings, self.batch_sharding),
             out_shardings=(self.state_shardings, replicated),
             donate_argnums=0,
         )
         self.logprobs = jax.jit(
-            self._logprobs,
+            self._with_gathered_weights(self._logprobs),
             in_shardings=(self.param_shardings, self.batch_sharding),
             out_shardings=self.batch_sharding,
         )
+
+    def _with_gathered_weights(self, fn):
+        """`fn` traced inside `layers.gathered_weights(self.gather_weights)`."""
+
+        def traced(*args):
+            with layers.gathered_weights(self.gather_weights):
+                return fn(*args)
+
+        return traced
 
     # -------------------------------------------------------------------------------- state
     def init_state(self, params: Any) -> TrainState:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -53,6 +55,22 @@ def remat_policy(remat: bool | str | None) -> str:
     return "per_layer" if remat else "none"
 
 
+# The weight gather of the layer calls being traced (`gathered_weights`); None = none.
+_WEIGHT_GATHER = contextvars.ContextVar("weight_gather", default=None)
+
+
+@contextlib.contextmanager
+def gathered_weights(gather):
+    """Layers called through `remat_call` while tracing inside this context first pass their
+    weights through `gather` (FSDP: `parallel.partitioning.weight_gatherer`), inside their
+    remat, so the backward pass gathers them again; None leaves the weights as they are."""
+    token = _WEIGHT_GATHER.set(gather)
+    try:
+        yield
+    finally:
+        _WEIGHT_GATHER.reset(token)
+
+
 def remat_call(fn, remat: bool | str | None):
     """`fn(module, *args)` (a layer's call) rematerialised in the backward pass.
 
@@ -60,9 +78,11 @@ def remat_call(fn, remat: bool | str | None):
     without batch dimensions (the projections), recomputing attention and elementwise ops.
     The module is split and merged inside `jax.checkpoint` (not `nnx.remat`), so this also
     works under a `vmap` over a module created outside it (the vision tower per prompt).
+    Inside `gathered_weights`, the layer's weights go through its gather first.
     """
     policy = remat_policy(remat)
-    if policy == "none":
+    gather = _WEIGHT_GATHER.get()
+    if policy == "none" and gather is None:
         return fn
     saveable = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
     checkpoint = functools.partial(
@@ -71,8 +91,13 @@ def remat_call(fn, remat: bool | str | None):
 
     def call(module, *args):
         graphdef, state = nnx.split(module)
-        pure = lambda state, *args: fn(nnx.merge(graphdef, state), *args)
-        return checkpoint(pure)(state, *args)
+
+        def pure(state, *args):
+            if gather is not None:
+                state = gather(state)
+            return fn(nnx.merge(graphdef, state), *args)
+
+        return (pure if policy == "none" else checkpoint(pure))(state, *args)
 
     return call
 
