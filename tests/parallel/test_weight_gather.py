@@ -59,10 +59,12 @@ def test_gather_leaves_a_layer_call_unchanged():
             return jnp.sum(nnx.merge(graphdef, state)(*args, remat=True) ** 2)
 
     plain = jax.jit(jax.value_and_grad(lambda s: loss(s, None)))(state)
-    gathered = jax.jit(
-        jax.value_and_grad(lambda s: loss(s, partitioning.weight_gatherer(mesh)))
-    )(state)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, gathered)
+    gathered = jax.jit(jax.value_and_grad(lambda s: loss(s, partitioning.weight_gatherer(mesh))))(
+        state
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, gathered
+    )
 
 
 def _vision_grad_temporaries(mesh, depth: int, gather) -> float:
