@@ -7,6 +7,7 @@ for that dimension, so tiny test models and odd vocabularies still place cleanly
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -84,10 +85,30 @@ def weight_gatherer(mesh: Mesh, rules: Rules = DEFAULT_RULES, axes=("data", "fsd
 
     def gathered(path, leaf):
         spec = spec_for(tree_path(path), leaf.shape, mesh, rules)
-        kept = [_without(entry, axes) for entry in spec]
-        return jax.lax.with_sharding_constraint(leaf, NamedSharding(mesh, P(*kept)))
+        kept = P(*(_without(entry, axes) for entry in spec))
+        return _gather(leaf, NamedSharding(mesh, kept), NamedSharding(mesh, spec))
 
     return lambda weights: jax.tree_util.tree_map_with_path(gathered, weights)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gather(weight, gathered, split):
+    """`weight` placed as `gathered`; its gradient goes back placed as `split`: a reduce-scatter
+    into the parameter's own shards (a sharding constraint's transpose would all-reduce it into
+    a full copy per layer)."""
+    return jax.lax.with_sharding_constraint(weight, gathered)
+
+
+def _gather_forward(weight, gathered, split):
+    return _gather(weight, gathered, split), None
+
+
+def _gather_backward(gathered, split, _, grad):
+    grad = jax.lax.with_sharding_constraint(grad, gathered)  # summed over the batch shards here
+    return (jax.lax.with_sharding_constraint(grad, split),)
+
+
+_gather.defvjp(_gather_forward, _gather_backward)
 
 
 def _without(entry, axes):

@@ -24,6 +24,9 @@ Inside the update:
     update equals the full-batch one. The prompt pass is differentiated once: the cotangents
     of its keys/values are collected from the micro-batches, summed over each prompt's G
     completions and pulled back through it at the end.
+  * FSDP: every layer all-gathers its weights inside its remat and reduce-scatters their
+    gradients (`partitioning.weight_gatherer` through `layers.gathered_weights`); left to
+    itself, XLA gathered the batch-split activations instead and kept them per layer.
   * A non-finite loss or gradient norm skips the update: parameters and optimiser state stay
     untouched and `skipped` counts it.
 
