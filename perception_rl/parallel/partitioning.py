@@ -77,8 +77,9 @@ def weight_gatherer(mesh: Mesh, rules: Rules = DEFAULT_RULES, axes=("data", "fsd
     it makes every matmul all-gather the layer's weights and keep the activations split by
     batch. Left to itself, XLA's partitioner gathers the batch-split activations instead when
     they are about as large as the weights, and keeps them, per layer, from the forward to the
-    backward pass: 4.5x the temporaries of each vision block of Qwen2-VL-2B on a v5e-8. The
-    rules match the layer's own relative paths ("mlp/fc1/kernel"), as the default rules do.
+    backward pass (Qwen2-VL-2B's GRPO update on a v5e-8: 0.230 GiB per vision block per chip
+    without, 0.101 with). The rules match the layer's own relative paths ("mlp/fc1/kernel"),
+    as the default rules do.
     """
     if all(mesh.shape[a] == 1 for a in axes):
         return None
