@@ -16,7 +16,7 @@ the image after ~600; stopping SFT there leaves GRPO answers it samples but does
 greedily), 200 GRPO steps of 8 prompts x 8 completions, and 1000 held-out examples
 per evaluation (a standard error of ~1.5 points on an accuracy near 60%). Grounding uses the
 same model with rope_theta 2 (the default's M-RoPE cannot tell the 16 tokens' positions apart),
-single-attribute expressions, larger objects and 1200 SFT steps. The README section
+single-attribute expressions, larger objects and 400 GRPO steps. The README section
 "The main job" has the measured numbers.
 """
 
@@ -78,7 +78,6 @@ def get_config(arg: str | None = None):
         # 0.3-0.45 of the side: one referent among at most one distractor.
         c.data.synthetic.relation_prob = 0.0
         c.data.synthetic.object_scale = (0.3, 0.45)
-        c.sft.num_steps = 1200
         # PR1's IoU^2 + format; declared so `--config.reward.iou_power=1` can set it.
         c.reward.iou_power = 2.0
 
@@ -94,6 +93,11 @@ def get_config(arg: str | None = None):
     c.optim.learning_rate = 1e-4
     c.train.num_steps = 200
     c.train.checkpoint_every = 50
+    if c.task == "grounding":
+        # After 800 SFT steps the policy localises roughly (Acc@0.5 ~56%) and GRPO's IoU reward
+        # tightens its boxes over 400 steps (+4 to +5 points); after 1200 SFT steps (~69%) GRPO
+        # sharpened its samples but moved greedy Acc@0.5 by -0.2 to +3.8 (README).
+        c.train.num_steps = 400
     c.train.logprob_chunk = 64
 
     c.eval.num_examples = 1000
