@@ -94,9 +94,9 @@ def weight_gatherer(mesh: Mesh, rules: Rules = DEFAULT_RULES, axes=("data", "fsd
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _gather(weight, gathered, split):
-    """`weight` placed as `gathered`; its gradient goes back placed as `split`: a reduce-scatter
-    into the parameter's own shards (a sharding constraint's transpose would all-reduce it into
-    a full copy per layer)."""
+    """`weight` placed as `gathered`; its gradient is summed over the batch shards in that
+    placement, then goes back split like the parameter (which XLA can fuse into one
+    reduce-scatter) rather than staying a full copy, as a plain constraint's transpose leaves it."""
     return jax.lax.with_sharding_constraint(weight, gathered)
 
 
