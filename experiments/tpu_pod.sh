@@ -13,7 +13,8 @@
 #
 # First, on this machine, `perception_rl.plan` compiles the run's programs for TOPOLOGY (the
 # slice's type and shape, e.g. v5e:4x8; needs `pip install '.[tpu]'`) and the launch stops
-# there if they do not fit. SKIP_PLAN=1 skips it.
+# there if they do not fit. SKIP_PLAN=1 skips it; PLAN_ARGS holds flags for the plan only
+# (e.g. PLAN_ARGS="--extrapolate_depth --cache=/tmp/plan"); the extra arguments go to both.
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
 REPO_DIR=${REPO_DIR:-perception_rl}
@@ -21,7 +22,7 @@ EXTRA_ARGS=$(printf ' %q' "$@")
 
 if [ "${SKIP_PLAN:-0}" != 1 ]; then
   : "${TOPOLOGY:?set TOPOLOGY (e.g. v5e:4x8) or SKIP_PLAN=1}"
-  python -m perception_rl.plan --config="$CONFIG" --topology="$TOPOLOGY" "$@" \
+  python -m perception_rl.plan --config="$CONFIG" --topology="$TOPOLOGY" ${PLAN_ARGS:-} "$@" \
     || { echo "tpu_pod.sh: the plan says this run does not fit $TOPOLOGY; not launching." >&2; exit 1; }
 fi
 
