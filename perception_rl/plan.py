@@ -167,20 +167,20 @@ class Depth:
 
 
 def model_depth(model_config) -> Depth:
-    v = model_config.vision
-    windowed = sum(
-        bool(v.window_tokens) and i not in v.fullatt_block_indexes for i in range(v.depth)
-    )
-    return Depth(model_config.text.num_layers, windowed, v.depth - windowed)
+    windowed = sum(model_config.vision.windowed_blocks)
+    return Depth(model_config.text.num_layers, windowed, model_config.vision.depth - windowed)
 
 
 def with_depth(model_config, depth: Depth):
     """`model_config` with `depth`'s layers; full-attention blocks spread evenly and last in
     their group, as Qwen2.5-VL places them (7, 15, 23, 31 of 32)."""
     v = model_config.vision
-    blocks = depth.vision
-    full = tuple(round((k + 1) * blocks / depth.vision_full) - 1 for k in range(depth.vision_full))
-    if not v.window_tokens:  # Qwen2-VL: every block attends to the whole image
+    if v.window_tokens:
+        blocks = depth.vision
+        full = tuple(
+            round((k + 1) * blocks / depth.vision_full) - 1 for k in range(depth.vision_full)
+        )
+    else:  # Qwen2-VL: every block attends to the whole image
         full, blocks = v.fullatt_block_indexes, depth.vision_full
     vision = dataclasses.replace(v, depth=blocks, fullatt_block_indexes=full)
     text = dataclasses.replace(model_config.text, num_layers=depth.text)

@@ -55,6 +55,15 @@ class VisionConfig:
         """Window side in merged tokens (0: no window attention)."""
         return self.window_size // self.spatial_merge_size // self.patch_size
 
+    @property
+    def windowed_blocks(self) -> tuple[bool, ...]:
+        """Per block: whether it attends within windows (2.5-VL's blocks outside
+        `fullatt_block_indexes`) rather than over the whole image."""
+        return tuple(
+            bool(self.window_tokens) and i not in self.fullatt_block_indexes
+            for i in range(self.depth)
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:

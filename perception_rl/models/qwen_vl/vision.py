@@ -166,9 +166,7 @@ class VisionTower(nnx.Module):
             [VisionBlock(c, family, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
         )
         self.merger = PatchMerger(c, family, dtype=dtype, rngs=rngs)
-        self.windowed = tuple(
-            bool(c.window_tokens) and i not in c.fullatt_block_indexes for i in range(c.depth)
-        )
+        self.windowed = c.windowed_blocks
 
     def __call__(
         self,
