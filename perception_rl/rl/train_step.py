@@ -50,6 +50,7 @@ from jax.sharding import PartitionSpec as P
 
 from perception_rl.models.qwen_vl import layers
 from perception_rl.models.qwen_vl.prompts import next_positions, prompt_states
+from perception_rl.models.qwen_vl.text import pad_cache_slots
 from perception_rl.parallel import partitioning
 from perception_rl.rl import grpo
 from perception_rl.rl.logprobs import token_logprobs
@@ -179,8 +180,8 @@ def completion_logprobs(
 
     Args:
         model: the merged policy.
-        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv [R, kv_heads,
-            P, head_dim].
+        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv per layer (`text.LayerCache`,
+            P slots).
         rows: prompt_mask [R, P], prompt_positions [R, 3, P], tokens [R, T], mask [R, T].
         config: chunk size, temperature and remat.
         with_entropy: also return the per-token entropy [R, T].
@@ -193,10 +194,7 @@ def completion_logprobs(
     keys = jnp.concatenate([prompt_mask > 0, rows["mask"] > 0], axis=1)  # [R, P + T]
     slot = jnp.arange(prompt_length + length)
     causal = slot[None, :] <= prompt_length + jnp.arange(length)[:, None]  # [T, P + T]
-    cache = [
-        jax.tree.map(lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, length), (0, 0))), layer)
-        for layer in prefix["kv"]
-    ]
+    cache = [pad_cache_slots(layer, length) for layer in prefix["kv"]]
     hidden, _ = model.model(
         constrain(model.model.embed_tokens(tokens)),
         positions,

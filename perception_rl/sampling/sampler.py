@@ -2,9 +2,10 @@
 
 `generate` reads the batch-major prompts the train step reads (`models.qwen_vl.prompts`),
 padded to the same buckets, runs them through the same prefill (`prompts.prompt_states`: the
-vision tower per prompt, then the decoder once), repeats the cache `num_samples` times, then
-decodes inside one `lax.while_loop` with a static, donated cache that stops when every row has
-emitted EOS.
+vision tower per prompt, then the decoder once), then decodes `num_samples` rows per prompt
+inside one `lax.while_loop` that stops when every row has emitted EOS. The KV cache keeps each
+prompt's keys/values once, shared by its rows (`text.LayerCache`'s prefix), beside a static,
+donated completion cache per row.
 Decode positions continue each row's M-RoPE positions (last prompt position + 1 + k).
 An optional repetition penalty (HF / vLLM semantics) keeps a [rows, vocab] mask of the token ids
 seen in each row's prompt (padding excluded) and completion.
@@ -44,15 +45,23 @@ class SampleResult:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "num_samples"))
 def _prefill(graphdef, state, prompt, *, cache_size: int, num_samples: int):
-    """Runs vision + prompt once; returns the repeated cache, last logits and next positions."""
+    """Runs vision + prompt once; returns the decode cache, last logits and next positions.
+
+    Each layer's cache holds the prompt's keys/values once per prompt (its "prefix", shared by
+    the prompt's `num_samples` rows) and `cache_size - P` empty slots per row for the
+    completion: the G completions of a prompt read its slots once, as one matmul, at each step.
+    """
     model: QwenVL = nnx.merge(graphdef, state)
-    states = prompts.prompt_states(model, prompt, cache_size=cache_size)
+    states = prompts.prompt_states(model, prompt)
     logits = model.logits(states["last_hidden"]).astype(jnp.float32)
     mask = prompt["attention_mask"]
+    rows, length = mask.shape[0] * num_samples, mask.shape[1]
+    completion = model.init_cache(rows, cache_size - length)
+    cache = [dict(own, prefix=kv) for own, kv in zip(completion, states["kv"])]
     next_position = prompts.next_positions(mask, prompt["position_ids"])
-    kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - mask.shape[1])))
+    kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - length)))
     rep = lambda x: jnp.repeat(x, num_samples, axis=0)
-    return jax.tree.map(rep, (states["kv"], logits, next_position, kv_mask))
+    return (cache, *jax.tree.map(rep, (logits, next_position, kv_mask)))
 
 
 @functools.partial(jax.jit, static_argnames=("vocab_size", "num_samples"))
@@ -127,11 +136,11 @@ def _decode(
         logprobs = logprobs.at[:, step].set(jnp.where(done, 0.0, logprob))
         lengths = lengths + (~done).astype(jnp.int32)
         done = done | jnp.isin(token, eos)
-        slot = prompt_length + step
-        kv_mask = kv_mask.at[:, slot].set(1)
+        kv_mask = kv_mask.at[:, prompt_length + step].set(1)
         positions = jnp.broadcast_to((next_position + step)[None, :, None], (3, rows, 1))
         embeds = model.model.embed_tokens(token[:, None])
-        hidden, cache = model.model(embeds, positions, kv_mask[:, None, :] > 0, cache, slot)
+        # The token's keys/values go to its row's own slot `step`, after the shared prompt's.
+        hidden, cache = model.model(embeds, positions, kv_mask[:, None, :] > 0, cache, step)
         logits = model.logits(hidden[:, 0]).astype(jnp.float32)
         return step + 1, cache, logits, kv_mask, tokens, logprobs, done, lengths, seen
 

@@ -96,4 +96,4 @@ def test_prefill_equals_the_full_forward_of_the_processor_batch():
     layout = prompts.prompt_batch(batch, config, pad_id=0)
     states = prompts.prompt_states(model, jax.tree.map(jnp.asarray, layout), cache_size=64)
     np.testing.assert_allclose(model.logits(states["last_hidden"]), expected, atol=2e-5)
-    assert states["kv"][0]["k"].shape[2] == 64
+    assert states["kv"][0]["k"].shape[3] == states["kv"][0]["v"].shape[2] == 64

@@ -102,7 +102,7 @@ def remat_call(fn, remat: bool | str | None):
     return call
 
 
-def masked_attention(q, k, v, mask, query_chunk: int | None = None, *, heads_first: bool = False):
+def masked_attention(q, k, v, mask, query_chunk: int | None = None, *, cache_layout: bool = False):
     """Softmax attention with a boolean mask; scores and softmax in float32.
 
     With `query_chunk`, queries are processed `query_chunk` at a time (a rematerialised
@@ -112,8 +112,8 @@ def masked_attention(q, k, v, mask, query_chunk: int | None = None, *, heads_fir
 
     Args:
       q: [..., Lq, Hkv, R, D] queries, R query heads per key/value head (GQA).
-      k, v: [..., Lk, Hkv, D], or [..., Hkv, Lk, D] with `heads_first` (the KV cache's layout:
-        the dot products then read the cache in place instead of transposing all of it).
+      k, v: [..., Lk, Hkv, D]; with `cache_layout`, the KV cache's layout (`text.LayerCache`):
+        k [..., Hkv, D, Lk] and v [..., Hkv, Lk, D], the matmuls' right-hand sides as stored.
       mask: boolean, broadcastable to [..., Hkv, R, Lq, Lk]; True = may attend.
       query_chunk: queries per chunk; None (or >= Lq) attends in one piece.
     Returns:
@@ -121,7 +121,7 @@ def masked_attention(q, k, v, mask, query_chunk: int | None = None, *, heads_fir
     """
     length = q.shape[-4]
     if not query_chunk or length <= query_chunk:
-        return _attention(q, k, v, mask, heads_first)
+        return _attention(q, k, v, mask, cache_layout)
     n = -(-length // query_chunk)
     pad = n * query_chunk - length
     q = jnp.pad(q, [(0, 0)] * (q.ndim - 4) + [(0, pad), (0, 0), (0, 0), (0, 0)])
@@ -132,23 +132,80 @@ def masked_attention(q, k, v, mask, query_chunk: int | None = None, *, heads_fir
         mask = jnp.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(0, pad), (0, 0)])
         masks = mask.reshape(*mask.shape[:-2], n, query_chunk, mask.shape[-1])
         masks = jnp.moveaxis(masks, -3, 0)
-    chunk = jax.checkpoint(lambda args: _attention(args[0], k, v, args[1], heads_first))
+    chunk = jax.checkpoint(lambda args: _attention(args[0], k, v, args[1], cache_layout))
     out = jax.lax.map(chunk, (qs, masks))  # [n, ..., C, Hkv, R, D]
     out = jnp.moveaxis(out, 0, -5)
     out = out.reshape(*out.shape[:-5], n * query_chunk, *out.shape[-3:])
     return out[..., :length, :, :, :]
 
 
-def _attention(q, k, v, mask, heads_first=False):
+def _attention(q, k, v, mask, cache_layout=False):
+    if cache_layout:
+        return cached_attention(q, k, v, mask)
     scale = q.shape[-1] ** -0.5
-    kv = "...hkd" if heads_first else "...khd"
-    scores = jnp.einsum(f"...qhrd,{kv}->...hrqk", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.einsum("...qhrd,...khd->...hrqk", q, k, preferred_element_type=jnp.float32)
+    # A finite floor (not -inf, not a bf16 finfo.min bias): fully masked pad rows stay finite.
+    scores = jnp.where(mask, scores * scale, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("...hrqk,...khd->...qhrd", probs, v, preferred_element_type=jnp.float32)
+    return out.astype(v.dtype)
+
+
+def cached_attention(q, k, v, mask, prefix: dict | None = None):
+    """Attention against the KV cache's layout (`text.LayerCache`): k [N, h, d, S], v [N, h, S, d].
+
+    The R query heads and Lq queries of a key/value head form one matrix, so both products are
+    plain batched matmuls over (rows, heads) whose right-hand sides are the cache as stored: a
+    decode step (Lq = 1) streams each layer's cache once.
+
+    Args:
+      q: [N, Lq, Hkv, R, D].
+      k, v: the rows' own cache.
+      mask: boolean, broadcastable to [N, Hkv, R, Lq, P + S] (the prefix's P slots first).
+      prefix: optional {"k": [B, h, d, P], "v": [B, h, P, d]} shared by N / B consecutive rows
+        (the sampler's G completions of one prompt): its products take the queries of all
+        N / B rows at once, and its slots are read once per prompt instead of once per row.
+    Returns:
+      [N, Lq, Hkv, R, D] in the dtype of v.
+    """
+    rows, length, _, group, dim = q.shape
+    parts = [(k, v)] if prefix is None else [(prefix["k"], prefix["v"]), (k, v)]
+    scores = []
+    for keys, _ in parts:
+        share = rows // keys.shape[0]
+        product = jnp.einsum(
+            "bhmd,bhdk->bhmk", _query_rows(q, share), keys, preferred_element_type=jnp.float32
+        )
+        scores.append(_per_row(product, share, group, length))
+    scores = jnp.concatenate(scores, axis=-1) * dim**-0.5  # [N, h, r, q, P + S]
     # A finite floor (not -inf, not a bf16 finfo.min bias): fully masked pad rows stay finite.
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    if heads_first:  # probs [.., h, r, q, k] @ v [.., h, k, d]: a plain batched matmul
-        out = jnp.einsum("...hrqk,...hkd->...hrqd", probs, v, preferred_element_type=jnp.float32)
-        out = jnp.moveaxis(out, -2, -4)  # [.., q, h, r, d]
-    else:
-        out = jnp.einsum("...hrqk,...khd->...qhrd", probs, v, preferred_element_type=jnp.float32)
-    return out.astype(v.dtype)
+    out, start = 0.0, 0
+    for _, values in parts:
+        share, size = rows // values.shape[0], values.shape[-2]
+        part = _grouped(probs[..., start : start + size], share)
+        product = jnp.einsum("bhmk,bhkd->bhmd", part, values, preferred_element_type=jnp.float32)
+        out, start = out + _per_row(product, share, group, length), start + size
+    return out.transpose(0, 3, 1, 2, 4).astype(v.dtype)  # [N, q, h, r, d]
+
+
+def _query_rows(q, share: int):
+    """[N, Lq, h, r, d] → [N / share, h, share·r·Lq, d]: the queries meeting one cache's head."""
+    rows, length, heads, group, dim = q.shape
+    q = q.reshape(rows // share, share, length, heads, group, dim).transpose(0, 3, 1, 4, 2, 5)
+    return q.reshape(rows // share, heads, share * group * length, dim)
+
+
+def _grouped(x, share: int):
+    """[N, h, r, Lq, X] → [N / share, h, share·r·Lq, X] (`_query_rows`' row order)."""
+    rows, heads, group, length, last = x.shape
+    x = x.reshape(rows // share, share, heads, group, length, last).transpose(0, 2, 1, 3, 4, 5)
+    return x.reshape(rows // share, heads, share * group * length, last)
+
+
+def _per_row(x, share: int, group: int, length: int):
+    """`_grouped`'s inverse: [N / share, h, share·r·Lq, X] → [N, h, r, Lq, X]."""
+    blocks, heads, _, last = x.shape
+    x = x.reshape(blocks, heads, share, group, length, last).transpose(0, 2, 1, 3, 4, 5)
+    return x.reshape(blocks * share, heads, group, length, last)
