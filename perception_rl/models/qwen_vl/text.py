@@ -39,6 +39,7 @@ def init_cache(c: TextConfig, batch: int, size: int, dtype) -> list[LayerCache]:
 
 def pad_cache_slots(layer: LayerCache, extra: int) -> LayerCache:
     """`layer` with `extra` empty slots appended."""
+
     def pad(name, x):
         widths = [(0, 0)] * x.ndim
         widths[CACHE_SLOT_AXES[name]] = (0, extra)
