@@ -54,7 +54,7 @@ def _decode_call(model, batch, new_tokens):
 
     def run(seed):
         carry = sampler._prefill(
-            graphdef, state, prompt, cache_size=length + new_tokens, num_samples=1
+            graphdef, state, prompt, cache_size=length + new_tokens, num_samples=int(os.environ.get("NS", 1))
         )
         carry = jax.block_until_ready(carry)
         args = (graphdef, state, *carry, jax.random.key(seed), jnp.float32(0.9), None)

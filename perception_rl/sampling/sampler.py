@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from perception_rl.models.qwen_vl import QwenVL, prompts
+from perception_rl.models.qwen_vl.text import CACHE_SLOT_AXES, pad_cache_slots
 from perception_rl.sampling import filters
 
 
@@ -48,15 +49,16 @@ def _prefill(graphdef, state, prompt, *, cache_size: int, num_samples: int):
     """Runs vision + prompt once; returns the decode cache, last logits and next positions.
 
     Each layer's cache holds the prompt's keys/values once per prompt (its "prefix", shared by
-    the prompt's `num_samples` rows) and `cache_size - P` empty slots per row for the
-    completion: the G completions of a prompt read its slots once, as one matmul, at each step.
+    the prompt's `num_samples` rows) and the first decode segment's empty slots per row for
+    the completion (`_decode` grows them up to `cache_size - P`): the G completions of a prompt
+    read its slots once, as one matmul, at each step.
     """
     model: QwenVL = nnx.merge(graphdef, state)
     states = prompts.prompt_states(model, prompt)
     logits = model.logits(states["last_hidden"]).astype(jnp.float32)
     mask = prompt["attention_mask"]
     rows, length = mask.shape[0] * num_samples, mask.shape[1]
-    completion = model.init_cache(rows, cache_size - length)
+    completion = model.init_cache(rows, _segment_ends(cache_size - length)[0])
     cache = [dict(own, prefix=kv) for own, kv in zip(completion, states["kv"])]
     next_position = prompts.next_positions(mask, prompt["position_ids"])
     kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - length)))
@@ -111,9 +113,9 @@ def _decode(
     rows = logits.shape[0]
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
 
-    def cond(carry):
+    def cond(carry, end):
         step, done = carry[0], carry[6]
-        return (step < max_new_tokens) & ~jnp.all(done)
+        return (step < end) & ~jnp.all(done)
 
     def body(carry):
         step, cache, logits, kv_mask, tokens, logprobs, done, lengths, seen = carry
@@ -140,7 +142,8 @@ def _decode(
         positions = jnp.broadcast_to((next_position + step)[None, :, None], (3, rows, 1))
         embeds = model.model.embed_tokens(token[:, None])
         # The token's keys/values go to its row's own slot `step`, after the shared prompt's.
-        hidden, cache = model.model(embeds, positions, kv_mask[:, None, :] > 0, cache, step)
+        visible = kv_mask[:, None, : prompt_length + cache[0]["v"].shape[CACHE_SLOT_AXES["v"]]]
+        hidden, cache = model.model(embeds, positions, visible > 0, cache, step)
         logits = model.logits(hidden[:, 0]).astype(jnp.float32)
         return step + 1, cache, logits, kv_mask, tokens, logprobs, done, lengths, seen
 
@@ -155,8 +158,28 @@ def _decode(
         jnp.zeros((rows,), jnp.int32),
         seen,
     )
-    _, cache, _, _, tokens, logprobs, _, lengths, _ = jax.lax.while_loop(cond, body, carry)
+    start = carry[1][0]["v"].shape[CACHE_SLOT_AXES["v"]]
+    for end in _segment_ends(max_new_tokens):
+        if end > start:  # the completion cache grows to `end` slots (one copy per segment)
+            grown = [{**layer, **pad_cache_slots(layer, end - start)} for layer in carry[1]]
+            carry, start = (carry[0], grown, *carry[2:]), end
+        carry = jax.lax.while_loop(functools.partial(cond, end=end), body, carry)
+    _, cache, _, _, tokens, logprobs, _, lengths, _ = carry
     return tokens, lengths, logprobs, cache  # returning the cache lets XLA reuse the donation
+
+
+def _segment_ends(max_new_tokens: int, first: int = 32) -> list[int]:
+    """Decode steps at which the completion cache doubles: 32, 64, ..., max_new_tokens.
+
+    Each segment's attention reads only the slots it can have filled, so decoding T tokens
+    reads about 2/3 of the T-slot cache on average per step, not all of it; at most
+    log2(T / 32) + 1 loops compile.
+    """
+    ends = []
+    while first < max_new_tokens:
+        ends.append(first)
+        first *= 2
+    return [*ends, max_new_tokens]
 
 
 def generate(

@@ -63,24 +63,26 @@ def test_greedy_matches_hf_generate(checkpoint):
     ours = generate(
         model,
         layout(model, batch),
-        max_new_tokens=32,
+        max_new_tokens=80,
         key=jax.random.key(0),
         temperature=0,
         eos_ids=(EOS,),
         pad_id=2,
     )
-    theirs = hf_greedy(hf, batch, 32)
+    theirs = hf_greedy(hf, batch, 80)
     for row in range(len(batch["input_ids"])):
         n = ours.lengths[row]
         np.testing.assert_array_equal(ours.tokens[row, :n], theirs[row, :n])
-    assert ours.tokens.shape == (3, 32)
+    assert ours.tokens.shape == (3, 80)
+    # Decoding ran through all three segments of the growing completion cache (32, 64, 80).
+    assert ours.lengths.max() > 64, ours.lengths
 
 
 def test_logprobs_equal_a_fresh_forward(checkpoint):
     _, path = checkpoint
     model = from_pretrained(path)
     batch = prompt_batch(model)
-    temperature, n = 0.7, 12
+    temperature, n = 0.7, 40  # past the first decode segment (32 slots)
     out = generate(
         model,
         layout(model, batch),
@@ -97,6 +99,7 @@ def test_logprobs_equal_a_fresh_forward(checkpoint):
     rows = out.prompt_index
     ids = np.concatenate([batch["input_ids"][rows], out.tokens], axis=1)
     gen_mask = (np.arange(n)[None] < out.lengths[:, None]).astype(np.int64)
+    assert out.lengths.max() > 32, out.lengths  # the cache grew at least once
     mask = np.concatenate([batch["attention_mask"][rows], gen_mask], axis=1)
     grids = batch["image_grid_thw"]
     pixels = batch["pixel_values"]
