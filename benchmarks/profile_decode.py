@@ -1,12 +1,14 @@
 """Where a decode step's time goes: a `jax.profiler` trace of the sampler's decode program,
-summed by XLA op kind and by the shape of the matmuls.
+summed by XLA op kind and by the shape and origin of the library fusions.
 
-  python benchmarks/profile_decode.py [--batch 16] [--new-tokens 128] [--top 12]
+  python benchmarks/profile_decode.py [--batch 16] [--samples 1] [--new-tokens 128] [--top 12]
 
-Runs prefill, then traces one call of the compiled decode `while_loop` (after a warm-up call),
-and prints the time of each XLA op kind (fusion names without their numeric suffix: `ynn_fusion`
-holds the matmuls, `transpose_copy_fusion` materialised transposes, ...) per decode step, and
-the matmul fusions grouped by output shape. Times are thread time inside XLA's executor, read
+Runs prefill, then traces one call of the compiled decode loops (after a warm-up call), and
+prints the time of each XLA op kind (fusion names without their numeric suffix: `ynn_fusion`
+holds the matmuls and some reductions, `transpose_copy_fusion` materialised transposes, ...)
+per decode step, and the library fusions grouped by output shape and the JAX operation they
+come from (`dot_general`, `reduce_max`, ...). `--samples G` decodes G rows per prompt, sharing
+its cached keys/values, as GRPO's rollouts do. Times are thread time inside XLA's executor, read
 from the trace's events; beside other work they include time the thread waited for a core, so
 compare kinds within one trace, not figures across machines or runs.
 """
@@ -31,7 +33,7 @@ from bench_models import bench_prompts, build_bench_checkpoint
 SKIP = ("ThunkExecutor", "$", "SlinkyThreadPool", "PjitFunction", "end:")
 
 
-def _decode_call(model, batch, new_tokens):
+def _decode_call(model, batch, new_tokens, num_samples=1):
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -54,7 +56,11 @@ def _decode_call(model, batch, new_tokens):
 
     def run(seed):
         carry = sampler._prefill(
-            graphdef, state, prompt, cache_size=length + new_tokens, num_samples=int(os.environ.get("NS", 1))
+            graphdef,
+            state,
+            prompt,
+            cache_size=length + new_tokens,
+            num_samples=num_samples,
         )
         carry = jax.block_until_ready(carry)
         args = (graphdef, state, *carry, jax.random.key(seed), jnp.float32(0.9), None)
@@ -64,7 +70,9 @@ def _decode_call(model, batch, new_tokens):
 
 
 def summarize(trace_file: str, hlo_text: str, steps: int, top: int) -> list[str]:
-    """Per-step milliseconds by op kind, and the matmul fusions by output shape."""
+    """Per-step milliseconds by op kind, and the library fusions (`ynn_fusion`, which hold the
+    matmuls but also reductions such as the softmax's, and plain `dot`s) by output shape and
+    the JAX operation they come from."""
     with gzip.open(trace_file) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     kinds, fusions = collections.Counter(), collections.Counter()
@@ -78,13 +86,18 @@ def summarize(trace_file: str, hlo_text: str, steps: int, top: int) -> list[str]
     lines = [f"decode, per step ({steps} steps traced): {total / 1e3 / steps:.2f} ms in XLA ops"]
     for name, us in kinds.most_common(top):
         lines.append(f"  {us / 1e3 / steps:7.3f} ms  {us / total:6.1%}  {name}")
-    shapes = collections.Counter()
+    origins = collections.Counter()
     for name, us in fusions.items():
-        found = re.search(r"^\s+%" + re.escape(name) + r" = (\S+) ", hlo_text, re.MULTILINE)
-        shapes[found.group(1) if found else "?"] += us
-    lines.append("matmuls by output shape (per step):")
-    for shape, us in shapes.most_common(top):
-        lines.append(f"  {us / 1e3 / steps:7.3f} ms  {shape}")
+        found = re.search(
+            r"^\s+%" + re.escape(name) + r' = (\S+) .*?(?:op_name="([^"]*)")?, backend_config',
+            hlo_text,
+            re.MULTILINE,
+        )
+        shape, op = (found.group(1), found.group(2) or "") if found else ("?", "")
+        origins[shape, re.sub(r"^jit\(_decode\)/(while/body/)?", "", op)] += us
+    lines.append("library fusions by output shape and origin (per step):")
+    for (shape, op), us in origins.most_common(top):
+        lines.append(f"  {us / 1e3 / steps:7.3f} ms  {shape:28s} {op}")
     return lines
 
 
@@ -93,6 +106,7 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--samples", type=int, default=1, help="rows per prompt (GRPO's G)")
     args = parser.parse_args()
     import jax
 
@@ -101,7 +115,9 @@ def main():
     with tempfile.TemporaryDirectory() as path:
         build_bench_checkpoint(path)
         model = from_pretrained(path)
-        run, decode = _decode_call(model, bench_prompts(path, args.batch), args.new_tokens)
+        run, decode = _decode_call(
+            model, bench_prompts(path, args.batch), args.new_tokens, args.samples
+        )
         args_, kw = run(0)
         hlo = decode.lower(*args_, **kw).compile().as_text()
         jax.block_until_ready(decode(*args_, **kw))  # compile + warm up
@@ -111,7 +127,10 @@ def main():
         jax.block_until_ready(decode(*args_, **kw))
         jax.profiler.stop_trace()
         trace = sorted(glob.glob(os.path.join(trace_dir, "plugins/profile/*/*.trace.json.gz")))
-        print(f"batch {args.batch}, {args.new_tokens} new tokens, jax {jax.__version__}")
+        print(
+            f"batch {args.batch} x {args.samples} samples, {args.new_tokens} new tokens,"
+            f" jax {jax.__version__}"
+        )
         print("\n".join(summarize(trace[-1], hlo, args.new_tokens, args.top)))
 
 

@@ -3,9 +3,9 @@
 `generate` reads the batch-major prompts the train step reads (`models.qwen_vl.prompts`),
 padded to the same buckets, runs them through the same prefill (`prompts.prompt_states`: the
 vision tower per prompt, then the decoder once), then decodes `num_samples` rows per prompt
-inside one `lax.while_loop` that stops when every row has emitted EOS. The KV cache keeps each
-prompt's keys/values once, shared by its rows (`text.LayerCache`'s prefix), beside a static,
-donated completion cache per row.
+in `lax.while_loop`s (one per cache segment) that stop when every row has emitted EOS. The KV cache keeps each
+prompt's keys/values once, shared by its rows (`text.LayerCache`'s prefix), beside a
+completion cache per row that grows by doubling.
 Decode positions continue each row's M-RoPE positions (last prompt position + 1 + k).
 An optional repetition penalty (HF / vLLM semantics) keeps a [rows, vocab] mask of the token ids
 seen in each row's prompt (padding excluded) and completion.
@@ -46,24 +46,20 @@ class SampleResult:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_size", "num_samples"))
 def _prefill(graphdef, state, prompt, *, cache_size: int, num_samples: int):
-    """Runs vision + prompt once; returns the decode cache, last logits and next positions.
+    """Runs vision + prompt once; returns its keys/values, last logits, next positions, mask.
 
-    Each layer's cache holds the prompt's keys/values once per prompt (its "prefix", shared by
-    the prompt's `num_samples` rows) and the first decode segment's empty slots per row for
-    the completion (`_decode` grows them up to `cache_size - P`): the G completions of a prompt
-    read its slots once, as one matmul, at each step.
+    The cache is the prompt's keys/values, once per prompt: `_decode` shares them among the
+    prompt's `num_samples` rows (the prefix of `text.LayerCache`) beside each row's completion
+    slots, and `kv_mask` has `cache_size` = P + new-token columns.
     """
     model: QwenVL = nnx.merge(graphdef, state)
     states = prompts.prompt_states(model, prompt)
     logits = model.logits(states["last_hidden"]).astype(jnp.float32)
     mask = prompt["attention_mask"]
-    rows, length = mask.shape[0] * num_samples, mask.shape[1]
-    completion = model.init_cache(rows, _segment_ends(cache_size - length)[0])
-    cache = [dict(own, prefix=kv) for own, kv in zip(completion, states["kv"])]
     next_position = prompts.next_positions(mask, prompt["position_ids"])
-    kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - length)))
+    kv_mask = jnp.pad(mask, ((0, 0), (0, cache_size - mask.shape[1])))
     rep = lambda x: jnp.repeat(x, num_samples, axis=0)
-    return (cache, *jax.tree.map(rep, (logits, next_position, kv_mask)))
+    return (states["kv"], *jax.tree.map(rep, (logits, next_position, kv_mask)))
 
 
 @functools.partial(jax.jit, static_argnames=("vocab_size", "num_samples"))
@@ -93,7 +89,7 @@ def _seen_tokens(ids, mask, *, vocab_size: int, num_samples: int):
 def _decode(
     graphdef,
     state,
-    cache,
+    prefix,
     logits,
     next_position,
     kv_mask,
@@ -112,6 +108,9 @@ def _decode(
     model: QwenVL = nnx.merge(graphdef, state)
     rows = logits.shape[0]
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
+    # Each row's completion slots beside its prompt's shared keys/values (`text.LayerCache`).
+    completion = model.init_cache(rows, _segment_ends(max_new_tokens)[0])
+    cache = [dict(own, prefix=kv) for own, kv in zip(completion, prefix)]
 
     def cond(carry, end):
         step, done = carry[0], carry[6]
@@ -165,7 +164,8 @@ def _decode(
             carry, start = (carry[0], grown, *carry[2:]), end
         carry = jax.lax.while_loop(functools.partial(cond, end=end), body, carry)
     _, cache, _, _, tokens, logprobs, _, lengths, _ = carry
-    return tokens, lengths, logprobs, cache  # returning the cache lets XLA reuse the donation
+    # Returning the prompt's keys/values lets XLA reuse their donated buffers in the loops.
+    return tokens, lengths, logprobs, [layer["prefix"] for layer in cache]
 
 
 def _segment_ends(max_new_tokens: int, first: int = 32) -> list[int]:
@@ -229,7 +229,7 @@ def generate(
         prompt = prompts.repad_prompts(prompt_batch, bucketed, pad_id=pad_id)
     prompt_length = prompt["input_ids"].shape[1]
     graphdef, state = nnx.split(model)
-    cache, logits, next_position, kv_mask = _prefill(
+    prefix, logits, next_position, kv_mask = _prefill(
         graphdef, state, prompt, cache_size=prompt_length + max_new_tokens, num_samples=num_samples
     )
     seen = None
@@ -243,7 +243,7 @@ def generate(
     tokens, lengths, logprobs, _ = _decode(
         graphdef,
         state,
-        cache,
+        prefix,
         logits,
         next_position,
         kv_mask,
