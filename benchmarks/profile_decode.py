@@ -88,12 +88,9 @@ def summarize(trace_file: str, hlo_text: str, steps: int, top: int) -> list[str]
         lines.append(f"  {us / 1e3 / steps:7.3f} ms  {us / total:6.1%}  {name}")
     origins = collections.Counter()
     for name, us in fusions.items():
-        found = re.search(
-            r"^\s+%" + re.escape(name) + r' = (\S+) .*?(?:op_name="([^"]*)")?, backend_config',
-            hlo_text,
-            re.MULTILINE,
-        )
-        shape, op = (found.group(1), found.group(2) or "") if found else ("?", "")
+        line = re.search(r"^\s+%" + re.escape(name) + r" = (\S+) .*$", hlo_text, re.MULTILINE)
+        op = re.search(r'op_name="([^"]*)"', line.group(0)) if line else None
+        shape, op = (line.group(1) if line else "?"), (op.group(1) if op else "")
         origins[shape, re.sub(r"^jit\(_decode\)/(while/body/)?", "", op)] += us
     lines.append("library fusions by output shape and origin (per step):")
     for (shape, op), us in origins.most_common(top):
