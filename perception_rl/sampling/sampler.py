@@ -168,17 +168,20 @@ def _decode(
     return tokens, lengths, logprobs, [layer["prefix"] for layer in cache]
 
 
-def _segment_ends(max_new_tokens: int, first: int = 32) -> list[int]:
-    """Decode steps at which the completion cache doubles: 32, 64, ..., max_new_tokens.
+def _segment_ends(max_new_tokens: int, first: int = 32, most: int = 4) -> list[int]:
+    """Decode steps at which the completion cache doubles, ending at `max_new_tokens`: at most
+    `most` segments, the first of at least `first` slots (128 → 32, 64, 128; 2048 → 256, 512,
+    1024, 2048).
 
-    Each segment's attention reads only the slots it can have filled, so decoding T tokens
-    reads about 2/3 of the T-slot cache on average per step, not all of it; at most
-    log2(T / 32) + 1 loops compile.
+    Each segment's attention reads only the slots it can have filled, so a step reads about
+    2/3 of the `max_new_tokens`-slot cache on average, not all of it (more segments would save
+    little: the last ones hold most steps), and each segment compiles its own loop.
     """
+    end = max(first, -(-max_new_tokens // 2 ** (most - 1)))
     ends = []
-    while first < max_new_tokens:
-        ends.append(first)
-        first *= 2
+    while end < max_new_tokens:
+        ends.append(end)
+        end *= 2
     return [*ends, max_new_tokens]
 
 

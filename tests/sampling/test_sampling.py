@@ -9,7 +9,7 @@ from perception_rl.models import from_pretrained
 from perception_rl.models.qwen_vl import prompts
 from perception_rl.models.qwen_vl.model import default_position_ids
 from perception_rl.parallel import make_mesh
-from perception_rl.sampling import generate
+from perception_rl.sampling import generate, sampler
 from perception_rl.sampling.filters import nucleus_mask
 from perception_rl.testing import hf_models
 
@@ -322,3 +322,12 @@ def test_a_processor_batch_is_refused_with_the_conversion_named(checkpoint):
         match=r"batch-major prompts.*got pixel_values \(128, 1176\).*prompts.prompt_batch",
     ):
         generate(model, prompt_batch(model), max_new_tokens=4, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("new_tokens", [1, 31, 32, 33, 80, 128, 768, 2048, 3000])
+def test_completion_cache_segments_double_up_to_the_budget(new_tokens):
+    ends = sampler._segment_ends(new_tokens)
+    assert ends[-1] == new_tokens and len(ends) <= 4
+    assert ends[0] >= min(32, new_tokens)
+    assert all(b == 2 * a for a, b in zip(ends, ends[1:-1]))  # doubling, the last one capped
+    assert all(a < b <= 2 * a for a, b in zip(ends, ends[1:]))
