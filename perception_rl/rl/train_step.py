@@ -180,8 +180,8 @@ def completion_logprobs(
 
     Args:
         model: the merged policy.
-        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv per layer (`text.LayerCache`,
-            P slots).
+        prefix: `prompt_states` repeated per completion: last_hidden [R, H], kv per layer
+            (`text.LayerCache`, P slots).
         rows: prompt_mask [R, P], prompt_positions [R, 3, P], tokens [R, T], mask [R, T].
         config: chunk size, temperature and remat.
         with_entropy: also return the per-token entropy [R, T].

@@ -3,9 +3,9 @@
 `generate` reads the batch-major prompts the train step reads (`models.qwen_vl.prompts`),
 padded to the same buckets, runs them through the same prefill (`prompts.prompt_states`: the
 vision tower per prompt, then the decoder once), then decodes `num_samples` rows per prompt
-in `lax.while_loop`s (one per cache segment) that stop when every row has emitted EOS. The KV cache keeps each
-prompt's keys/values once, shared by its rows (`text.LayerCache`'s prefix), beside a
-completion cache per row that grows by doubling.
+in `lax.while_loop`s (one per cache segment) that stop when every row has emitted EOS. The KV
+cache keeps each prompt's keys/values once, shared by its rows (`text.LayerCache`'s prefix),
+beside a completion cache per row that grows by doubling.
 Decode positions continue each row's M-RoPE positions (last prompt position + 1 + k).
 An optional repetition penalty (HF / vLLM semantics) keeps a [rows, vocab] mask of the token ids
 seen in each row's prompt (padding excluded) and completion.

@@ -307,7 +307,8 @@ def prompt_states(
 
     Returns:
         {"last_hidden": [B, H] final hidden state of the last prompt position (it predicts the
-        first completion token), "kv": per layer {"k", "v"} with cache_size slots (`text.LayerCache`)}.
+        first completion token), "kv": per layer {"k", "v"} with cache_size slots
+        (`text.LayerCache`)}.
     """
     mask = prompts["attention_mask"]
     batch, length = mask.shape
