@@ -109,7 +109,8 @@ def _decode(
     rows = logits.shape[0]
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
     # Each row's completion slots beside its prompt's shared keys/values (`text.LayerCache`).
-    completion = model.init_cache(rows, _segment_ends(max_new_tokens)[0])
+    ends = _segment_ends(max_new_tokens)
+    completion = model.init_cache(rows, ends[0])
     cache = [dict(own, prefix=kv) for own, kv in zip(completion, prefix)]
 
     def cond(carry, end):
@@ -157,11 +158,10 @@ def _decode(
         jnp.zeros((rows,), jnp.int32),
         seen,
     )
-    start = carry[1][0]["v"].shape[CACHE_SLOT_AXES["v"]]
-    for end in _segment_ends(max_new_tokens):
+    for start, end in zip([ends[0], *ends], ends):
         if end > start:  # the completion cache grows to `end` slots (one copy per segment)
             grown = [{**layer, **pad_cache_slots(layer, end - start)} for layer in carry[1]]
-            carry, start = (carry[0], grown, *carry[2:]), end
+            carry = (carry[0], grown, *carry[2:])
         carry = jax.lax.while_loop(functools.partial(cond, end=end), body, carry)
     _, cache, _, _, tokens, logprobs, _, lengths, _ = carry
     # Returning the prompt's keys/values lets XLA reuse their donated buffers in the loops.

@@ -37,15 +37,15 @@ def init_cache(c: TextConfig, batch: int, size: int, dtype) -> list[LayerCache]:
     ]
 
 
-def pad_cache_slots(layer: LayerCache, extra: int, names=("k", "v")) -> LayerCache:
-    """The entries `names` of `layer` with `extra` empty slots appended."""
+def pad_cache_slots(layer: LayerCache, extra: int) -> LayerCache:
+    """The layer's own "k" and "v" with `extra` empty slots appended (a prefix stays out)."""
 
     def pad(name):
         widths = [(0, 0)] * layer[name].ndim
         widths[CACHE_SLOT_AXES[name]] = (0, extra)
         return jnp.pad(layer[name], widths)
 
-    return {name: pad(name) for name in names}
+    return {name: pad(name) for name in CACHE_SLOT_AXES}
 
 
 class Attention(nnx.Module):
