@@ -17,7 +17,10 @@ completions per step / step time, min / median / max over all timed steps of all
 
 Our step is also timed by part: rollouts (sampling + rewards + advantages), reference
 log-probs, update; with a roofline of the last two (FLOPs and bytes from XLA's cost analysis of
-the compiled programs) against the matmul peak and copy bandwidth measured in the same worker.
+the compiled programs) against the matmul peak and copy bandwidth measured in the same worker,
+and a ceiling: the completions/s if a step cost only those two programs' FLOPs at the matmul
+peak plus the rollouts' decode matmuls timed alone (`sampling.decode_kernels`), as a multiple of
+TRL's median.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ sys.path.insert(0, os.path.join(_ROOT, "benchmarks"))
 
 import harness
 from bench_models import bench_prompts, build_bench_checkpoint
+from sampling import decode_kernels
 
 from configs import common
 from perception_rl import policy as policy_lib
@@ -153,6 +157,10 @@ def worker_ours(path: str, num_prompts: int, steps: int, image_size: int) -> Non
         "ref_logps": harness.cost(step_fn.logprobs.lower(policy.params, placed).compile()),
         "update": harness.cost(step_fn.update.lower(state, placed).compile()),
     }
+    # The rollouts' floor: their decode's text matmuls alone (`sampling.decode_kernels`).
+    kernels = decode_kernels(
+        policy.model(), num_prompts * GROUP, 0, NEW_TOKENS, steps, attention=False
+    )
     harness.emit(
         times[1:],
         work=num_prompts * GROUP,
@@ -160,6 +168,7 @@ def worker_ours(path: str, num_prompts: int, steps: int, image_size: int) -> Non
         first_step_s=times[0],
         parts={k: statistics.median(v) for k, v in parts.items()},
         costs=costs,
+        kernels=kernels,
         matmul_peak=harness.matmul_peak(),
         bandwidth=harness.memory_bandwidth(),
         jax=jax.__version__,
@@ -297,6 +306,31 @@ def roofline(result: list[dict]) -> list[str]:
     return lines
 
 
+def ceiling(report: harness.Report, baseline: str | None) -> list[str]:
+    """Our completions/s if a step cost only the reference log-probs' and the update's FLOPs at
+    the matmul peak plus the rollouts' decode matmuls alone, against the baseline's median."""
+    ours = report.sides[0].runs
+    if ours[0].get("kernels") is None:
+        return []
+    med = lambda get: statistics.median(get(r) for r in ours)
+    at_peak = {
+        k: med(lambda r, k=k: r["costs"][k]["flops"] / r["matmul_peak"])
+        for k in ("ref_logps", "update")
+    }
+    rollouts = med(lambda r: r["kernels"]["weights"])
+    best = ours[0]["work"] / (rollouts + sum(at_peak.values()))
+    line = (
+        f"ceiling of ours on this machine's XLA: the rollouts' text matmuls alone"
+        f" {rollouts * 1e3:.0f} ms + reference log-probs at the matmul peak"
+        f" {at_peak['ref_logps'] * 1e3:.0f} ms + update at the peak {at_peak['update'] * 1e3:.0f}"
+        f" ms = at most {best:.2f} completions/s"
+    )
+    peer = next((side for side in report.sides if side.name == baseline), None)
+    if peer is not None and baseline == "trl":
+        line += f" = {best / peer.stats.median:.2f}x trl's median"
+    return [line]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=1, help="prompts per step (x G = 8)")
@@ -350,7 +384,8 @@ def main():
     baseline = args.against or ("trl" if with_trl else None)
     extra = [f"  {side.name}: perception_rl from {side.runs[0]['source']}" for side in report.sides]
     extra += [by_part(side.name, side.runs) for side in report.sides if "parts" in side.runs[0]]
-    harness.finish(report, baseline=baseline, strict=args.strict, extra=extra + roofline(ours))
+    extra += roofline(ours) + ceiling(report, baseline)
+    harness.finish(report, baseline=baseline, strict=args.strict, extra=extra)
 
 
 if __name__ == "__main__":
