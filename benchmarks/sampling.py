@@ -308,11 +308,15 @@ def ceiling(report: harness.Report, baseline: str | None) -> list[str]:
     prefill = med(lambda r: r["prefill_cost"]["flops"] / r["matmul_peak"])
     weights, attention = (med(lambda r, k=k: r["kernels"][k]) for k in ("weights", "attention"))
     best = ours[0]["work"] / (prefill + weights + attention)
+    floor_share = med(lambda r: r["decode_cost"]["flops"] / r["matmul_peak"]) / (
+        weights + attention
+    )
     line = (
         f"ceiling of ours on this machine's XLA: prefill at the matmul peak {prefill * 1e3:.0f} ms"
         f" + the decode's text matmuls alone {weights * 1e3:.0f} ms + its attention alone"
         f" {attention * 1e3:.0f} ms (decode measured: {med(lambda r: r['decode_s']) * 1e3:.0f}"
-        f" ms) = at most {best:.0f} new tok/s"
+        f" ms; at its kernels' time, {floor_share:.0%} of the matmul peak)"
+        f" = at most {best:.0f} new tok/s"
     )
     peer = next((side for side in report.sides if side.name == baseline), None)
     if peer is not None and baseline == "hf":

@@ -90,9 +90,11 @@ def test_sampler_ceiling_adds_prefill_at_peak_and_the_two_kernels():
         "matmul_peak": 1e10,  # prefill 0.1 s at the peak
         "kernels": {"weights": 0.25, "attention": 0.15},
         "decode_s": 0.8,
+        "decode_cost": {"flops": 1e9},  # 0.1 s at the peak, a quarter of the kernels' 0.4 s
     }
     (line,) = sampling.ceiling(_report(ours, "hf", 2.0), "hf")  # hf: 500 tok/s
     assert "at most 2000 new tok/s = 4.00x hf's median" in line
+    assert "at its kernels' time, 25% of the matmul peak" in line
     assert sampling.ceiling(_report({**ours, "kernels": None}, "hf", 2.0), "hf") == []
 
 
