@@ -157,7 +157,7 @@ def decode_kernels(
     """Best seconds of the decode's two kernels alone, each a jitted loop of `new_tokens` steps
     at `rows` rows: "weights", every text matmul of a step through the model's own weights
     (`_weights_loop`); with `attention`, "attention", every layer's `layers.cached_attention`
-    over the cache slots the sampler's steps read (`_attention_loop`). A decode step also
+    over the prompt's and the completion's slots the sampler's steps read (`_attention_loop`). A decode step also
     samples, rotates, normalises and writes its cache, so `rows · new_tokens / (prefill +
     weights + attention)` bounds its throughput from above on this machine's XLA. None on a
     revision without the growing cache (`--against` an older one)."""
@@ -211,35 +211,36 @@ def _weights_loop(model, rows: int, steps: int):
 
 
 def _attention_loop(c, rows: int, prompt_length: int, ends: list[int]):
-    """(jitted fn, its args): `layers.cached_attention` of every layer at each step, on random
-    caches of the prompt's and each completion segment's slots (`sampler._segment_ends`)."""
+    """(jitted fn, its args): `layers.cached_attention` of every layer at each step, as the
+    sampler's decode calls it (one sample per prompt): the prompt's keys/values as the prefix,
+    beside the rows' own cache of each segment's slots (`sampler._segment_ends`); random."""
     import jax
     import jax.numpy as jnp
 
     from perception_rl.models.qwen_vl import layers
 
-    keys = iter(jax.random.split(jax.random.key(0), 2 * c.num_layers * len(ends) + 1))
+    keys = iter(jax.random.split(jax.random.key(0), 2 * c.num_layers * (len(ends) + 1) + 1))
     normal = lambda *shape: jax.random.normal(next(keys), shape)
-    caches = [
-        [
-            (normal(rows, c.num_kv_heads, c.head_dim, prompt_length + end),
-             normal(rows, c.num_kv_heads, prompt_length + end, c.head_dim))
-            for _ in range(c.num_layers)
-        ]
-        for end in ends
-    ]  # fmt: skip
+    kv = lambda slots: {
+        "k": normal(rows, c.num_kv_heads, c.head_dim, slots),
+        "v": normal(rows, c.num_kv_heads, slots, c.head_dim),
+    }
+    prefix = [kv(prompt_length) for _ in range(c.num_layers)]
+    own = [[kv(end) for _ in range(c.num_layers)] for end in ends]
 
     @jax.jit
-    def run(caches, q, visible):
+    def run(prefix, own, q, visible):
         start = 0
-        for end, layer_caches in zip(ends, caches):
+        for end, layer_caches in zip(ends, own):
 
             def step(i, q, layer_caches=layer_caches, end=end):
-                # Slots up to the step's own are visible, as in the sampler's mask.
-                slots = prompt_length + end
-                mask = (jnp.arange(slots) <= prompt_length + i) & visible[:, :slots]
-                for k, v in layer_caches:
-                    q = layers.cached_attention(q, k, v, mask[:, None, None, None])
+                # The prompt's slots and the row's own up to this step's, as the sampler's mask.
+                slots = jnp.arange(prompt_length + end)
+                mask = (slots <= prompt_length + i) & visible[:, : prompt_length + end]
+                for cache, shared in zip(layer_caches, prefix):
+                    q = layers.cached_attention(
+                        q, cache["k"], cache["v"], mask[:, None, None, None], shared
+                    )
                 return q
 
             q, start = jax.lax.fori_loop(start, end, step, q), end
@@ -247,7 +248,7 @@ def _attention_loop(c, rows: int, prompt_length: int, ends: list[int]):
 
     q = normal(rows, 1, c.num_kv_heads, c.num_heads // c.num_kv_heads, c.head_dim)
     visible = jnp.ones((rows, prompt_length + ends[-1]), bool)
-    return run, (caches, q, visible)
+    return run, (prefix, own, q, visible)
 
 
 def worker_hf(path: str, batch_size: int, new_tokens: int, repeats: int) -> None:

@@ -53,12 +53,13 @@ def test_weights_loop_multiplies_every_text_weight_once_per_step(tied):
     assert matmuls <= flops <= 1.1 * matmuls  # the rest: norms, silu, means
 
 
-def test_attention_loop_reads_the_slots_each_segment_can_see(model):
+def test_attention_loop_reads_the_prompt_and_each_segments_slots(model):
     c = model.config.text
-    run, (caches, q, visible) = sampling._attention_loop(c, 3, prompt_length=5, ends=[4, 8])
-    assert [k.shape[-1] for k, _ in caches[0]] == [9] * c.num_layers
-    assert [v.shape[-2] for _, v in caches[1]] == [13] * c.num_layers
-    out = run(caches, q, visible)
+    run, (prefix, own, q, visible) = sampling._attention_loop(c, 3, prompt_length=5, ends=[4, 8])
+    assert [layer["k"].shape[-1] for layer in prefix] == [5] * c.num_layers
+    assert [layer["k"].shape[-1] for layer in own[0]] == [4] * c.num_layers
+    assert [layer["v"].shape[-2] for layer in own[1]] == [8] * c.num_layers
+    out = run(prefix, own, q, visible)
     assert out.shape == q.shape and bool(np.isfinite(np.asarray(out)).all())
 
 
