@@ -40,7 +40,7 @@ def test_weights_loop_multiplies_every_text_weight_once_per_step(tied):
     config = dataclasses.replace(tiny("qwen2_5_vl", vocab_size=96), tie_word_embeddings=tied)
     model = QwenVL(config, rngs=nnx.Rngs(0))
     rows = 4
-    run, args = sampling._weights_loop(model, rows, steps=3)
+    run, args = sampling._weights_loop(model, rows, steps=1)  # one step, however XLA counts loops
     kernels = [
         x.size
         for path, x in jax.tree_util.tree_leaves_with_path(nnx.state(model.model.layers))
@@ -48,7 +48,7 @@ def test_weights_loop_multiplies_every_text_weight_once_per_step(tied):
     ]
     head, _ = model.head()
     matmuls = 2.0 * rows * (sum(kernels) + head.size)
-    flops = harness.cost(run.lower(*args).compile())["flops"]  # the loop's body, counted once
+    flops = harness.cost(run.lower(*args).compile())["flops"]
     assert len(kernels) == 7 * config.text.num_layers
     assert matmuls <= flops <= 1.1 * matmuls  # the rest: norms, silu, means
 
