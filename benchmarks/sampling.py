@@ -157,10 +157,10 @@ def decode_kernels(
     """Best seconds of the decode's two kernels alone, each a jitted loop of `new_tokens` steps
     at `rows` rows: "weights", every text matmul of a step through the model's own weights
     (`_weights_loop`); with `attention`, "attention", every layer's `layers.cached_attention`
-    over the prompt's and the completion's slots the sampler's steps read (`_attention_loop`). A decode step also
-    samples, rotates, normalises and writes its cache, so `rows · new_tokens / (prefill +
-    weights + attention)` bounds its throughput from above on this machine's XLA. None on a
-    revision without the growing cache (`--against` an older one)."""
+    over the prompt's and the completion's slots the sampler's steps read (`_attention_loop`).
+    A decode step also samples, rotates, normalises and writes its cache, so `rows ·
+    new_tokens / (prefill + weights + attention)` bounds its throughput from above on this
+    machine's XLA. None on a revision without the growing cache (`--against` an older one)."""
     from perception_rl.sampling import sampler
 
     if not hasattr(sampler, "_segment_ends"):
