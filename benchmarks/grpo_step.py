@@ -306,9 +306,9 @@ def roofline(result: list[dict]) -> list[str]:
     return lines
 
 
-def ceiling(report: harness.Report, baseline: str | None) -> list[str]:
+def ceiling(report: harness.Report) -> list[str]:
     """Our completions/s if a step cost only the reference log-probs' and the update's FLOPs at
-    the matmul peak plus the rollouts' decode matmuls alone, against the baseline's median."""
+    the matmul peak plus the rollouts' decode matmuls alone, against trl's median when it ran."""
     ours = report.sides[0].runs
     if ours[0].get("kernels") is None:
         return []
@@ -325,10 +325,7 @@ def ceiling(report: harness.Report, baseline: str | None) -> list[str]:
         f" {at_peak['ref_logps'] * 1e3:.0f} ms + update at the peak {at_peak['update'] * 1e3:.0f}"
         f" ms = at most {best:.2f} completions/s"
     )
-    peer = next((side for side in report.sides if side.name == baseline), None)
-    if peer is not None and baseline == "trl":
-        line += f" = {best / peer.stats.median:.2f}x trl's median"
-    return [line]
+    return [line + harness.against_side(report, "trl", best)]
 
 
 def main():
@@ -384,7 +381,7 @@ def main():
     baseline = args.against or ("trl" if with_trl else None)
     extra = [f"  {side.name}: perception_rl from {side.runs[0]['source']}" for side in report.sides]
     extra += [by_part(side.name, side.runs) for side in report.sides if "parts" in side.runs[0]]
-    extra += roofline(ours) + ceiling(report, baseline)
+    extra += roofline(ours) + ceiling(report)
     harness.finish(report, baseline=baseline, strict=args.strict, extra=extra)
 
 

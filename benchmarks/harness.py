@@ -77,6 +77,12 @@ def ratio_of_medians(ours: Stats, peer: Stats) -> float:
     return ours.median / peer.median
 
 
+def against_side(report: Report, name: str, rate: float) -> str:
+    """`" = R x NAME's median"` for a rate (a ceiling) when `name` ran in `report`, else ""."""
+    side = next((side for side in report.sides if side.name == name), None)
+    return "" if side is None else f" = {rate / side.stats.median:.2f}x {name}'s median"
+
+
 # --------------------------------------------------------------------------------- CPU load
 def _busy_jiffies(stat_text: str) -> tuple[int, int]:
     """(busy, total) jiffies of the aggregate `cpu` line of /proc/stat. Busy excludes idle and

@@ -93,10 +93,10 @@ def test_sampler_ceiling_adds_prefill_at_peak_and_the_two_kernels():
         "decode_s": 0.8,
         "decode_cost": {"flops": 1e9},  # 0.1 s at the peak, a quarter of the kernels' 0.4 s
     }
-    (line,) = sampling.ceiling(_report(ours, "hf", 2.0), "hf")  # hf: 500 tok/s
+    (line,) = sampling.ceiling(_report(ours, "hf", 2.0))  # hf: 500 tok/s
     assert "at most 2000 new tok/s = 4.00x hf's median" in line
     assert "at its kernels' time, 25% of the matmul peak" in line
-    assert sampling.ceiling(_report({**ours, "kernels": None}, "hf", 2.0), "hf") == []
+    assert sampling.ceiling(_report({**ours, "kernels": None}, "hf", 2.0)) == []
 
 
 def test_grpo_ceiling_adds_the_rollouts_matmuls_and_the_programs_at_peak():
@@ -110,5 +110,5 @@ def test_grpo_ceiling_adds_the_rollouts_matmuls_and_the_programs_at_peak():
     }
     report = _report(ours, "trl", 4.0)
     report.sides[1].runs[0]["work"] = 8  # trl: 8 completions in 4 s; ours at most 8 in 0.8 s
-    (line,) = grpo_step.ceiling(report, "trl")
+    (line,) = grpo_step.ceiling(report)
     assert "at most 10.00 completions/s = 5.00x trl's median" in line
